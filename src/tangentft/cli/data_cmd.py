@@ -1,0 +1,60 @@
+"""``tangentft data inspect``: what a task folder holds, as a user would check it before training."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from .common import console, friendly
+
+app = typer.Typer(help="Inspect task data.", no_args_is_help=True)
+
+
+@app.command("inspect")
+@friendly
+def inspect_cmd(
+    path: str = typer.Argument(..., help="Task folder (e.g. ../shared/data/sst2), a .tsv/.csv/.jsonl file, or a datasets id."),
+    model: str = typer.Option(None, "--model", "-m", help="Model whose tokenizer measures prompt lengths."),
+    template: str = typer.Option(None, help="Override the prompt template ({sentence} or {sentence1}/{sentence2})."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Task kind, split sizes, label balance and token-length quantiles for a model."""
+    from ..data import load_task
+    from ..data.inspect import inspect_task
+
+    task = load_task(path, template=template.replace("\\n", "\n") if template else None)
+    tokenizer, prompted = None, True
+    if model:
+        from ..models.registry import load_model
+
+        with console.status(f"loading {model}"):
+            loaded = load_model(model)
+        tokenizer, prompted = loaded.tokenizer, loaded.kind == "causal"
+    info = inspect_task(task, tokenizer, template_applied=prompted)
+    if json_out:
+        console.print_json(json.dumps(info, default=str))
+        return
+    console.print(f"[bold]{task.source}[/]  task [cyan]{task.spec.name}[/]  kind [cyan]{task.spec.kind}[/]")
+    console.print(f"template: {task.spec.template!r}  label words: {task.spec.label_words}")
+    table = Table(title="splits")
+    keys = [k for k in ("size", "labels", "tokens", "empty_texts", "in_train") if any(k in s for s in info["splits"].values())]
+    table.add_column("split")
+    for k in keys:
+        table.add_column(k, justify="right" if k != "labels" else "left")
+    for name, s in info["splits"].items():
+        table.add_row(name, *[_fmt(s.get(k)) for k in keys])
+    console.print(table)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return " ".join(f"{k}:{_fmt(x)}" for k, x in v.items())
+    return str(v)

@@ -1,0 +1,30 @@
+"""Entry point: ``tangentft <command>``. Each command lives in its own module under ``tangentft.cli``."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+# Model loading must never reach for a hub at run time unless the user passes a hub id while online.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from . import data_cmd, models_cmd  # noqa: E402
+
+app = typer.Typer(
+    help="tangentft — predictable, cheap fine-tuning: eNTK analysis, LoRA/S2FT/linearized training, adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("models")(models_cmd.models)
+app.add_typer(data_cmd.app, name="data")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,583 @@
+"""Load a task from a folder of split files, a single file, or a Hugging Face ``datasets`` id.
+
+Every problem with the input becomes a one-line :class:`~tangentft.errors.TangentError` that names the
+file, the line and the offending value, so the CLI can print it and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TangentError
+from .tasks import get_builtin_spec, spec_with_overrides, validate_label_words
+from .types import Example, TaskData, TaskSpec
+
+SPLIT_NAMES = ("train", "dev", "validation", "test")
+FILE_EXTENSIONS = (".tsv", ".csv", ".jsonl")
+FIELDS = ("label", "score", "sentence", "sentence1", "sentence2")
+
+DEFAULT_TEMPLATES = {
+    ("classification", False): "Input: {sentence}\nLabel:",
+    ("classification", True): "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nLabel:",
+    ("regression", False): "Input: {sentence}\nScore:",
+    ("regression", True): "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nScore:",
+}
+
+# Short names for the GLUE configs most people type; anything else goes to load_dataset as written.
+_HF_ALIASES = {"glue": "nyu-mll/glue", "super_glue": "aps/super_glue"}
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr() of a value, cut to keep the error on one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+@dataclass
+class _Expect:
+    """The column layout a file must have: set by a built-in spec or by the first split read."""
+
+    target: str  # "label" or "score"
+    pair: bool
+    why: str
+
+
+@dataclass
+class _RawSplit:
+    """Parsed rows of one split before the spec (and hence the label set) is known."""
+
+    split: str
+    where: str  # file path (or HF dataset/split) for error messages
+    uid_prefix: str
+    target: str
+    pair: bool
+    lines: list[int] = field(default_factory=list)
+    targets: list[int | float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    pairs: list[str] = field(default_factory=list)
+
+
+def _parse_target(value: object, target: str, where: str, line: int) -> int | float:
+    """An integer class index (``label``) or a finite float (``score``) from a cell or JSON value."""
+    if target == "label":
+        if isinstance(value, bool):
+            raise TangentError(f"{where}:{line}: label {_short(value)} is not an integer class index")
+        if isinstance(value, int):
+            label = value
+        elif isinstance(value, float) and value.is_integer():
+            label = int(value)
+        elif isinstance(value, str):
+            try:
+                label = int(value.strip())
+            except ValueError:
+                raise TangentError(
+                    f"{where}:{line}: label {_short(value)} is not an integer class index (0, 1, ...)"
+                ) from None
+        else:
+            raise TangentError(
+                f"{where}:{line}: label {_short(value)} is not an integer class index (0, 1, ...)"
+            )
+        if label < 0:
+            raise TangentError(
+                f"{where}:{line}: label {_short(value)} is negative; labels are class indices 0, 1, ..."
+            )
+        return label
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TangentError(f"{where}:{line}: score {_short(value)} is not a number")
+    try:
+        score = float(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise TangentError(f"{where}:{line}: score {_short(value)} is not a number") from None
+    if not math.isfinite(score):
+        raise TangentError(f"{where}:{line}: score {_short(value)} is not a finite number")
+    return score
+
+
+def _resolve_columns(
+    found: list[str], columns: Mapping[str, str], expect: _Expect | None, where: str, line: int
+) -> tuple[str, bool, dict[str, str]]:
+    """Map the canonical fields onto the columns present: (target field, is_pair, field -> column name)."""
+    by_lower: dict[str, str] = {}
+    for name in found:
+        by_lower.setdefault(name.strip().lower(), name)
+    listing = ", ".join(repr(n) for n in found) or "none"
+    mapping: dict[str, str] = {}
+    remapped = {v.strip().lower() for v in columns.values()}
+    for canon in FIELDS:
+        if canon in columns:
+            actual = by_lower.get(columns[canon].strip().lower())
+            if actual is None:
+                raise TangentError(
+                    f"{where}:{line}: missing column {columns[canon]!r} (mapped to '{canon}'); "
+                    f"columns found: {listing}"
+                )
+            mapping[canon] = actual
+        elif canon in by_lower and canon not in remapped:
+            mapping[canon] = by_lower[canon]
+
+    if expect is not None:
+        target, pair = expect.target, expect.pair
+        needed = [target] + (["sentence1", "sentence2"] if pair else ["sentence"])
+        for name in needed:
+            if name not in mapping:
+                raise TangentError(
+                    f"{where}:{line}: missing column '{name}' ({expect.why}); columns found: {listing}"
+                )
+        return target, pair, mapping
+
+    if "label" in mapping:
+        target = "label"
+    elif "score" in mapping:
+        target = "score"
+    else:
+        raise TangentError(
+            f"{where}:{line}: missing column 'label' (or 'score' for a regression task); "
+            f"columns found: {listing}"
+        )
+    if "sentence" in mapping:
+        return target, False, mapping
+    if "sentence1" in mapping or "sentence2" in mapping:
+        for name in ("sentence1", "sentence2"):
+            if name not in mapping:
+                raise TangentError(
+                    f"{where}:{line}: missing column '{name}' (a sentence-pair task needs "
+                    f"sentence1 and sentence2); columns found: {listing}"
+                )
+        return target, True, mapping
+    raise TangentError(
+        f"{where}:{line}: missing column 'sentence' (or 'sentence1' and 'sentence2'); "
+        f"columns found: {listing}"
+    )
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decoded strictly as UTF-8 (a leading BOM is dropped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TangentError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start + skip
+        line = data.count(b"\n", 0, start) + 1
+        bad = data[start : exc.end + skip]
+        raise TangentError(
+            f"{path}:{line}: bytes {bad!r} are not valid UTF-8 (byte offset {start}); save the file as UTF-8"
+        ) from None
+
+
+def _delimited_records(text: str, delimiter: str, where: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) for every non-blank record."""
+    if delimiter == "\t":
+        # TSV has no quoting (STS-B sentences contain bare '"'), so one line is one record.
+        for lineno, raw in enumerate(text.split("\n"), 1):
+            line = raw[:-1] if raw.endswith("\r") else raw
+            if line.strip():
+                yield lineno, line.split("\t")
+        return
+    reader = csv.reader(io.StringIO(text, newline=""))
+    last = 0
+    try:
+        for fields in reader:
+            start, last = last + 1, reader.line_num
+            if fields and any(f.strip() for f in fields):
+                yield start, fields
+    except csv.Error as exc:
+        raise TangentError(f"{where}:{reader.line_num}: malformed CSV ({exc})") from None
+
+
+def _read_delimited(
+    path: Path, split: str, delimiter: str, columns: Mapping[str, str], expect: _Expect | None
+) -> _RawSplit:
+    where = str(path)
+    records = _delimited_records(_read_text(path), delimiter, where)
+    header = next(records, None)
+    if header is None:
+        example = "label<TAB>sentence" if delimiter == "\t" else "label,sentence"
+        raise TangentError(f"{where}:1: file is empty (expected a header row such as '{example}')")
+    header_line, names = header
+    target, pair, mapping = _resolve_columns(names, columns, expect, where, header_line)
+    index = {canon: names.index(actual) for canon, actual in mapping.items()}
+    t_i = index[target]
+    s_i = index["sentence1" if pair else "sentence"]
+    p_i = index["sentence2"] if pair else -1
+    width = len(names)
+    raw = _RawSplit(split, where, path.name, target, pair)
+    lines, targets, texts, pairs = raw.lines, raw.targets, raw.texts, raw.pairs
+    for lineno, cells in records:
+        if len(cells) != width:
+            raise TangentError(
+                f"{where}:{lineno}: found {len(cells)} column(s) but the header (line {header_line}) "
+                f"has {width}: {_short(delimiter.join(cells))}"
+            )
+        lines.append(lineno)
+        targets.append(_parse_target(cells[t_i], target, where, lineno))
+        texts.append(cells[s_i])
+        if pair:
+            pairs.append(cells[p_i])
+    if not lines:
+        raise TangentError(
+            f"{where}:{header_line}: no data rows after the header {_short(delimiter.join(names))}"
+        )
+    return raw
+
+
+def _dict_rows(
+    rows: Iterable[tuple[int, object]],
+    split: str,
+    where: str,
+    uid_prefix: str,
+    columns: Mapping[str, str],
+    expect: _Expect | None,
+) -> _RawSplit | None:
+    """Parse JSON-like row objects (JSONL lines or HF dataset rows); None when there are none."""
+    raw: _RawSplit | None = None
+    mapping: dict[str, str] = {}
+    for lineno, obj in rows:
+        if not isinstance(obj, dict):
+            raise TangentError(
+                f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__} {_short(obj)}"
+            )
+        if raw is None:
+            target, pair, mapping = _resolve_columns(list(obj), columns, expect, where, lineno)
+            raw = _RawSplit(split, where, uid_prefix, target, pair)
+        for canon in [raw.target] + (["sentence1", "sentence2"] if raw.pair else ["sentence"]):
+            if mapping[canon] not in obj:
+                keys = ", ".join(repr(k) for k in obj) or "none"
+                raise TangentError(f"{where}:{lineno}: missing column {mapping[canon]!r}; keys found: {keys}")
+        text_keys = ["sentence1", "sentence2"] if raw.pair else ["sentence"]
+        for canon in text_keys:
+            if not isinstance(obj[mapping[canon]], str):
+                raise TangentError(
+                    f"{where}:{lineno}: column {mapping[canon]!r} should be text, "
+                    f"got {_short(obj[mapping[canon]])}"
+                )
+        raw.lines.append(lineno)
+        raw.targets.append(_parse_target(obj[mapping[raw.target]], raw.target, where, lineno))
+        raw.texts.append(obj[mapping[text_keys[0]]])
+        if raw.pair:
+            raw.pairs.append(obj[mapping["sentence2"]])
+    return raw
+
+
+def _read_jsonl(path: Path, split: str, columns: Mapping[str, str], expect: _Expect | None) -> _RawSplit:
+    where = str(path)
+
+    def objects() -> Iterator[tuple[int, object]]:
+        for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TangentError(
+                    f"{where}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
+
+    raw = _dict_rows(objects(), split, where, path.name, columns, expect)
+    if raw is None:
+        raise TangentError(f"{where}:1: file is empty (expected one JSON object per line)")
+    return raw
+
+
+def _read_file(path: Path, split: str, columns: Mapping[str, str], expect: _Expect | None) -> _RawSplit:
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        return _read_delimited(path, split, "\t", columns, expect)
+    if suffix == ".csv":
+        return _read_delimited(path, split, ",", columns, expect)
+    if suffix == ".jsonl":
+        return _read_jsonl(path, split, columns, expect)
+    raise TangentError(f"{path}: unsupported file type '{path.suffix}' (use .tsv, .csv or .jsonl)")
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    """split name -> file for the split files present in a task folder (``validation`` is read as ``dev``)."""
+    found: dict[str, Path] = {}
+    for split in SPLIT_NAMES:
+        present = [
+            folder / f"{split}{ext}" for ext in FILE_EXTENSIONS if (folder / f"{split}{ext}").is_file()
+        ]
+        if len(present) > 1:
+            raise TangentError(f"{folder}: both {present[0].name} and {present[1].name} exist; keep only one")
+        if not present:
+            continue
+        key = "dev" if split == "validation" else split
+        if key in found:
+            raise TangentError(
+                f"{folder}: both {found[key].name} and {present[0].name} exist; keep only one dev split"
+            )
+        found[key] = present[0]
+    if not found:
+        entries = sorted(p.name for p in folder.iterdir())
+        listing = ", ".join(entries[:10]) + (", ..." if len(entries) > 10 else "") if entries else "nothing"
+        raise TangentError(
+            f"{folder}: no split file (train/dev/validation/test with .tsv, .csv or .jsonl); found: {listing}"
+        )
+    return found
+
+
+def _check_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
+    if not columns:
+        return {}
+    out: dict[str, str] = {}
+    for canon, actual in columns.items():
+        if canon not in FIELDS:
+            raise TangentError(f"columns: unknown field {canon!r} (expected one of: {', '.join(FIELDS)})")
+        if not isinstance(actual, str) or not actual.strip():
+            raise TangentError(f"columns: column name for '{canon}' is {actual!r}; give a non-empty name")
+        out[canon] = actual
+    return out
+
+
+def _expect_from_spec(spec: TaskSpec | None) -> _Expect | None:
+    if spec is None:
+        return None
+    target = "label" if spec.kind == "classification" else "score"
+    return _Expect(
+        target,
+        spec.is_pair,
+        f"task '{spec.name}' is {spec.kind}{' on sentence pairs' if spec.is_pair else ''}",
+    )
+
+
+def _read_splits(
+    files: dict[str, Path], columns: Mapping[str, str], builtin: TaskSpec | None
+) -> list[_RawSplit]:
+    expect = _expect_from_spec(builtin)
+    raws: list[_RawSplit] = []
+    for split, path in files.items():
+        raw = _read_file(path, split, columns, expect)
+        if expect is None:
+            expect = _Expect(raw.target, raw.pair, f"as in {path.name}")
+        raws.append(raw)
+    return raws
+
+
+def _score_verbalizer(scores: list[float]) -> tuple[list[str], list[float]]:
+    """Score words for a causal LM on a user regression task: the integers spanning the observed scores
+    when there are at most 11 of them, otherwise 11 evenly spaced values."""
+    lo, hi = min(scores), max(scores)
+    first, last = math.floor(lo), math.ceil(hi)
+    if last == first:
+        last = first + 1
+    if last - first + 1 <= 11:
+        values = [float(v) for v in range(first, last + 1)]
+        return [f" {int(v)}" for v in values], values
+    step = (hi - lo) / 10
+    values = [float(f"{lo + i * step:.4g}") for i in range(11)]
+    return [f" {v:g}" for v in values], values
+
+
+def _build_spec(
+    name: str,
+    raws: list[_RawSplit],
+    builtin: TaskSpec | None,
+    template: str | None,
+    label_words: list[str] | None,
+) -> TaskSpec:
+    if builtin is not None:
+        return spec_with_overrides(builtin, template=template, label_words=label_words)
+    kind = "classification" if raws[0].target == "label" else "regression"
+    pair = raws[0].pair
+    if kind == "classification":
+        if label_words is not None:
+            words = validate_label_words(label_words, count=None, task=name)
+            if len(words) < 2:
+                raise TangentError(
+                    f"task '{name}': {len(words)} label word(s) {words!r} given; "
+                    "a classification task needs at least 2"
+                )
+        else:
+            top = max(max(r.targets) for r in raws)
+            words = [f" {i}" for i in range(max(2, int(top) + 1))]
+        spec = TaskSpec(name, kind, DEFAULT_TEMPLATES[(kind, pair)], words, num_classes=len(words))
+        return spec_with_overrides(spec, template=template)
+    words, values = _score_verbalizer([float(t) for r in raws for t in r.targets])
+    spec = TaskSpec(name, kind, DEFAULT_TEMPLATES[(kind, pair)], words, label_values=values, num_classes=1)
+    return spec_with_overrides(spec, template=template, label_words=label_words)
+
+
+def _check_labels(spec: TaskSpec, raws: list[_RawSplit]) -> None:
+    if spec.kind != "classification":
+        return
+    limit = spec.num_classes
+    words = ", ".join(repr(w) for w in spec.label_words)
+    for raw in raws:
+        for line, label in zip(raw.lines, raw.targets, strict=True):
+            if label >= limit:
+                raise TangentError(
+                    f"{raw.where}:{line}: label {label} is outside the label set 0..{limit - 1} "
+                    f"({limit} label words: {words})"
+                )
+    distinct = {t for raw in raws for t in raw.targets}
+    if len(distinct) < 2:
+        only = next(iter(distinct))
+        where = "; ".join(f"{r.where}:{r.lines[0]}-{r.lines[-1]}" for r in raws)
+        raise TangentError(
+            f"{where}: every label is {only}; a classification task needs at least two classes"
+        )
+
+
+def _to_task(
+    name: str,
+    raws: list[_RawSplit],
+    builtin: TaskSpec | None,
+    source: str,
+    template: str | None,
+    label_words: list[str] | None,
+) -> TaskData:
+    spec = _build_spec(name, raws, builtin, template, label_words)
+    _check_labels(spec, raws)
+    splits: dict[str, list[Example]] = {}
+    for raw in raws:
+        prefix = raw.uid_prefix
+        if raw.pair:
+            splits[raw.split] = [
+                Example(text, target, pair_text, f"{prefix}:{line}")
+                for line, target, text, pair_text in zip(
+                    raw.lines, raw.targets, raw.texts, raw.pairs, strict=True
+                )
+            ]
+        else:
+            splits[raw.split] = [
+                Example(text, target, None, f"{prefix}:{line}")
+                for line, target, text in zip(raw.lines, raw.targets, raw.texts, strict=True)
+            ]
+    return TaskData(spec=spec, splits=splits, source=source)
+
+
+def _looks_like_path(text: str) -> bool:
+    p = Path(text)
+    return (
+        p.is_absolute()
+        or text.startswith((".", "~"))
+        or p.suffix.lower() in FILE_EXTENSIONS
+        or text.count("/") > 1
+        or "\\" in text
+    )
+
+
+def _load_hf(
+    dataset_id: str,
+    columns: Mapping[str, str],
+    task_name: str | None,
+    template: str | None,
+    label_words: list[str] | None,
+) -> TaskData:
+    try:
+        import datasets  # optional: only for Hugging Face dataset ids
+    except ImportError:
+        raise TangentError(
+            f"{dataset_id}: no such local file or folder; loading it as a Hugging Face dataset "
+            "needs `pip install datasets` and network access"
+        ) from None
+    repo, _, config = dataset_id.partition(":")
+    if not config and repo.count("/") == 1 and repo.split("/")[0] in _HF_ALIASES:
+        alias, config = repo.split("/")
+        repo = _HF_ALIASES[alias]
+    name = task_name or config or repo.rsplit("/", 1)[-1]
+    try:
+        loaded = datasets.load_dataset(repo, config or None)
+    except Exception as exc:  # network, auth and missing-config errors all arrive here
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise TangentError(
+            f"{dataset_id}: could not load Hugging Face dataset ({type(exc).__name__}: {first})"
+        ) from None
+
+    builtin = get_builtin_spec(name)
+    expect = _expect_from_spec(builtin)
+    cols = dict(columns)
+    raws: list[_RawSplit] = []
+    for split_name in loaded:
+        ds = loaded[split_name]
+        split = "dev" if split_name == "validation" else split_name
+        names = list(getattr(ds, "column_names", []) or [])
+        feature = (getattr(ds, "features", None) or {}).get("label")
+        dtype = str(getattr(feature, "dtype", ""))
+        # GLUE's STS-B stores the similarity score in a float column called "label".
+        if "score" not in cols and "score" not in names and dtype.startswith("float"):
+            cols["score"] = "label"
+        rows = list(ds)
+        label_col = cols.get("label", "label")
+        # GLUE test splits are unlabelled (label -1); they are useless for training or evaluation.
+        if rows and cols.get("score") != "label" and all(r.get(label_col) == -1 for r in rows):
+            continue
+        raw = _dict_rows(enumerate(rows), split, f"{dataset_id}[{split_name}]", split, cols, expect)
+        if raw is None:
+            continue
+        if expect is None:
+            expect = _Expect(raw.target, raw.pair, f"as in split {split_name}")
+        raws.append(raw)
+    if not raws:
+        raise TangentError(f"{dataset_id}: the Hugging Face dataset has no labelled split")
+    return _to_task(name, raws, builtin, f"hf:{dataset_id}", template, label_words)
+
+
+def load_task(
+    path_or_id: str | Path,
+    *,
+    template: str | None = None,
+    label_words: list[str] | None = None,
+    task_name: str | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> TaskData:
+    """Load a task's splits and spec.
+
+    ``path_or_id`` is one of:
+
+    * a folder holding any of ``{train,dev,validation,test}.{tsv,csv,jsonl}`` (``validation`` becomes
+      the ``dev`` split);
+    * a single ``.tsv``/``.csv``/``.jsonl`` file, loaded as the ``train`` split;
+    * a Hugging Face ``datasets`` id such as ``glue/sst2`` or ``owner/name:config`` (needs the optional
+      ``datasets`` package and network access; unlabelled splits are skipped).
+
+    Columns (header row for TSV/CSV, keys for JSONL): ``label`` + ``sentence`` is classification,
+    ``score`` + ``sentence`` regression, and ``sentence1`` + ``sentence2`` instead of ``sentence`` a
+    sentence-pair task. ``columns`` renames them, e.g. ``{"sentence": "text", "label": "y"}``. Labels are
+    class indices 0..C-1; scores are finite numbers. Each example's uid is ``"<file name>:<line>"``
+    (1-based file lines; a TSV/CSV header is line 1) or ``"<split>:<row>"`` for HF datasets.
+
+    The spec is the built-in one when ``task_name`` (default: the folder name, or the file's stem) names
+    a built-in task (sst2, mr, cr, cola, stsb). Otherwise a generic spec is made: template
+    ``"Input: {sentence}\\nLabel:"`` (``"...\\nScore:"`` for regression; ``"Sentence 1: {sentence1}\\n
+    Sentence 2: {sentence2}\\nLabel:"`` for pairs), label words ``" 0"``, ``" 1"``, ... with C = the largest
+    label + 1 (at least 2) or the number of ``label_words`` given, and for regression score words over
+    the integers spanning the observed scores. ``template`` and ``label_words`` override either spec.
+
+    Raises TangentError (one line naming file, line and value) on any bad input.
+    """
+    cols = _check_columns(columns)
+    text = str(path_or_id)
+    if not text.strip():
+        raise TangentError(
+            f"{text!r}: no such file or folder (give a task folder, a data file or a dataset id)"
+        )
+    path = Path(text).expanduser()
+    if path.is_dir():
+        name = task_name or path.resolve().name
+        files = _split_files(path)
+    elif path.is_file():
+        if path.suffix.lower() not in FILE_EXTENSIONS:
+            raise TangentError(f"{path}: unsupported file type '{path.suffix}' (use .tsv, .csv or .jsonl)")
+        name = task_name or path.stem
+        files = {"train": path}
+    elif isinstance(path_or_id, Path) or _looks_like_path(text):
+        raise TangentError(f"{text}: no such file or folder")
+    else:
+        return _load_hf(text, cols, task_name, template, label_words)
+    builtin = get_builtin_spec(name)
+    raws = _read_splits(files, cols, builtin)
+    return _to_task(name, raws, builtin, str(path), template, label_words)
+
+
+__all__ = ["load_task", "DEFAULT_TEMPLATES", "SPLIT_NAMES", "FILE_EXTENSIONS"]

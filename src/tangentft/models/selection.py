@@ -1,0 +1,360 @@
+"""ParamSelection: which parameters (or which rows/columns of them) are "θ" for a kernel or a training run.
+
+Selections are written as a small spec language and resolved through the :class:`StructureMap`:
+
+    SPEC   := TERM (";" TERM)*
+    TERM   := ["lora" ["(" r=8,alpha=16 ")"] ":"] TARGETS ["@" LAYERS] ["." PART]
+    TARGETS:= comma list of roles q k v o gate up down, or the aliases attn (q,k,v,o), mlp (gate,up,down),
+              all (every role), norm (the layer's norms), or the whole-model names head, embed
+    LAYERS := all | 3 | 0,15,29 | 0-5 | ::5 (every 5th) | 2:10:2 (python slice)
+    PART   := weight | bias (default: both, where a bias exists); for lora terms A | B (default: both)
+
+Examples: ``q,v@0,15,29`` · ``o@::5`` · ``attn@all.bias`` · ``lora(r=8):q,v@0,15,29`` · ``head`` · ``norm@all``.
+
+A ``lora`` term selects the ``lora_A``/``lora_B`` factors of a PEFT LoRA adapter, which must already be
+injected (``tangentft.methods.lora.inject_lora`` does that from the same spec). Row/column subsets (S2FT
+selections) are built programmatically with :meth:`ParamBlock.sliced`.
+
+Each block carries a ``group`` label (default ``L{layer}.{role}``) for per-group kernels; regroup with
+:meth:`ParamSelection.regroup`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from ..errors import TangentError
+from .structure import ALL_ROLES, ATTN_ROLES, FFN_ROLES, StructureMap
+
+WHOLE_MODEL_TARGETS = ("head", "embed")
+ALIASES = {"attn": ATTN_ROLES, "mlp": FFN_ROLES, "all": ALL_ROLES}
+
+
+def expand_targets(targets: Iterable[str], smap: StructureMap) -> tuple[str, ...]:
+    """Replace the aliases attn/mlp/all by the roles this architecture has (BERT and GPT-2 have no gate)."""
+    out: list[str] = []
+    for t in targets:
+        out += [r for r in ALIASES[t] if r in smap.roles] if t in ALIASES else [t]
+    return tuple(dict.fromkeys(out))
+
+
+# -- the parsed spec -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecTerm:
+    """One parsed term of a selection spec."""
+
+    targets: tuple[str, ...]
+    layers: tuple[int, ...] | None  # None: all layers (resolved against the model)
+    part: str | None  # weight | bias | A | B | None (all)
+    lora: dict | None = None  # {"r": 8, "alpha": 16, ...} for lora terms
+    text: str = ""
+
+
+def _parse_layers(text: str, num_layers: int | None) -> tuple[int, ...] | None:
+    text = text.strip()
+    if text in ("", "all"):
+        return None
+    if num_layers is None:
+        num_layers = 10**6
+    out: list[int] = []
+    try:
+        if ":" in text:
+            parts = [int(p) if p else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            out = list(range(num_layers))[slice(*parts)]
+        else:
+            for piece in text.split(","):
+                if re.fullmatch(r"\d+-\d+", piece.strip()):
+                    a, b = (int(x) for x in piece.split("-"))
+                    out.extend(range(a, b + 1))
+                else:
+                    out.append(int(piece))
+    except ValueError:
+        raise TangentError(f"bad layer list '{text}': use all, 3, 0,15,29, 0-5 or ::5") from None
+    return tuple(dict.fromkeys(out))
+
+
+def parse_spec(spec: str, num_layers: int | None = None) -> list[SpecTerm]:
+    """Parse a selection spec string into terms (see the module docstring for the grammar)."""
+    if not spec or not spec.strip():
+        raise TangentError("empty parameter selection: give a spec such as 'q,v@0,15,29' or 'head'")
+    terms = []
+    for raw in spec.split(";"):
+        raw = raw.strip()
+        if not raw:
+            continue
+        lora = None
+        body = raw
+        m = re.match(r"^lora(?:\(([^)]*)\))?:(.*)$", raw)
+        if m:
+            lora = {"r": 8, "alpha": None}
+            for kv in filter(None, (m.group(1) or "").split(",")):
+                if "=" not in kv:
+                    raise TangentError(f"bad LoRA option '{kv}' in '{raw}': write key=value, e.g. lora(r=8,alpha=16)")
+                k, v = (s.strip() for s in kv.split("=", 1))
+                try:
+                    lora[k] = float(v) if "." in v else int(v)
+                except ValueError:
+                    raise TangentError(f"bad LoRA option value '{kv}' in '{raw}'") from None
+            if lora["r"] <= 0:
+                raise TangentError(f"LoRA rank must be positive, got r={lora['r']} in '{raw}'")
+            body = m.group(2)
+        part = None
+        m = re.match(r"^(.*)\.(weight|bias|A|B)$", body.strip())
+        if m:
+            body, part = m.group(1), m.group(2)
+            if (part in ("A", "B")) != (lora is not None):
+                raise TangentError(f"part '.{part}' in '{raw}' needs {'a lora term' if part in 'AB' else 'a module term'}")
+        targets_text, _, layers_text = body.partition("@")
+        targets: list[str] = []
+        for t in (x.strip() for x in targets_text.split(",")):
+            if t in ALIASES or t in ALL_ROLES or t in WHOLE_MODEL_TARGETS or t == "norm":
+                targets.append(t)
+            else:
+                known = ", ".join(ALL_ROLES + ("attn", "mlp", "all", "norm") + WHOLE_MODEL_TARGETS)
+                raise TangentError(f"unknown module type '{t}' in '{raw}': choose from {known}")
+        if lora is not None and any(t not in ALL_ROLES and t not in ALIASES for t in targets):
+            raise TangentError(f"LoRA term '{raw}' can only adapt projections ({', '.join(ALL_ROLES)})")
+        terms.append(
+            SpecTerm(tuple(dict.fromkeys(targets)), _parse_layers(layers_text, num_layers), part, lora, raw)
+        )
+    if not terms:
+        raise TangentError(f"empty parameter selection '{spec}'")
+    return terms
+
+
+# -- resolved selection --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamBlock:
+    """One selected parameter tensor, or a row/column subset of it.
+
+    ``module_kind`` tells the kernel engine how per-example gradients arise: ``linear`` (nn.Linear, GPT-2
+    Conv1D when ``transposed``, and LoRA factors), ``norm`` (LayerNorm/RMSNorm), ``embedding``.
+    ``out_idx``/``in_idx`` are the selected output/input channels (None: all).
+    """
+
+    name: str
+    module: str
+    part: str  # "weight" or "bias"
+    module_kind: str
+    group: str
+    layer: int | None = None
+    role: str | None = None
+    transposed: bool = False
+    out_idx: tuple[int, ...] | None = None
+    in_idx: tuple[int, ...] | None = None
+
+    def sliced(self, out_idx: Iterable[int] | None = None, in_idx: Iterable[int] | None = None, group: str | None = None) -> ParamBlock:
+        """This block restricted to output channels ``out_idx`` and/or input channels ``in_idx``."""
+        return replace(
+            self,
+            out_idx=tuple(int(i) for i in out_idx) if out_idx is not None else self.out_idx,
+            in_idx=tuple(int(i) for i in in_idx) if in_idx is not None and self.part == "weight" else self.in_idx,
+            group=group or self.group,
+        )
+
+    def index(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The selected entries of ``tensor`` (the parameter's value or gradient), as a view or copy."""
+        out_axis, in_axis = (1, 0) if self.transposed else (0, 1)
+        if self.part != "weight" or tensor.dim() == 1:
+            out_axis = 0
+        t = tensor
+        if self.out_idx is not None:
+            t = t.index_select(out_axis, torch.tensor(self.out_idx, device=t.device))
+        if self.in_idx is not None and tensor.dim() == 2:
+            t = t.index_select(in_axis, torch.tensor(self.in_idx, device=t.device))
+        return t
+
+    def numel(self, param: torch.Tensor) -> int:
+        """Number of selected scalars given the full parameter tensor."""
+        n = param.numel()
+        if self.out_idx is not None:
+            out_axis = (1 if self.transposed else 0) if param.dim() == 2 else 0
+            n = n // param.shape[out_axis] * len(self.out_idx)
+        if self.in_idx is not None and param.dim() == 2:
+            in_axis = 0 if self.transposed else 1
+            n = n // param.shape[in_axis] * len(self.in_idx)
+        return n
+
+
+@dataclass
+class ParamSelection:
+    """An ordered list of :class:`ParamBlock` with the spec it came from."""
+
+    blocks: list[ParamBlock]
+    spec: str = ""
+    lora: dict | None = field(default=None)
+
+    def __post_init__(self):
+        if not self.blocks:
+            raise TangentError(f"parameter selection '{self.spec}' matches no parameter")
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def __len__(self):
+        return len(self.blocks)
+
+    @property
+    def groups(self) -> OrderedDict[str, list[ParamBlock]]:
+        """Blocks by group label, in first-seen order."""
+        out: OrderedDict[str, list[ParamBlock]] = OrderedDict()
+        for b in self.blocks:
+            out.setdefault(b.group, []).append(b)
+        return out
+
+    def regroup(self, by: str | Callable[[ParamBlock], str]) -> ParamSelection:
+        """Relabel groups: ``layer``, ``role``, ``module``, ``param`` or ``all``, or a function of the block."""
+        fns = {
+            "layer": lambda b: f"L{b.layer}" if b.layer is not None else (b.role or b.module),
+            "role": lambda b: b.role or b.module,
+            "module": lambda b: f"L{b.layer}.{b.role}" if b.layer is not None else b.module,
+            "param": lambda b: b.name,
+            "all": lambda b: "all",
+        }
+        fn = fns.get(by) if isinstance(by, str) else by
+        if fn is None:
+            raise TangentError(f"unknown grouping '{by}': choose from {', '.join(fns)}")
+        return ParamSelection([replace(b, group=fn(b)) for b in self.blocks], self.spec, self.lora)
+
+    def __add__(self, other: ParamSelection) -> ParamSelection:
+        seen = {(b.name, b.out_idx, b.in_idx) for b in self.blocks}
+        extra = [b for b in other.blocks if (b.name, b.out_idx, b.in_idx) not in seen]
+        return ParamSelection(self.blocks + extra, f"{self.spec};{other.spec}", self.lora or other.lora)
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The distinct parameter tensors these blocks live in."""
+        named = dict(model.named_parameters(remove_duplicate=False))
+        return list({id(named[b.name]): named[b.name] for b in self.blocks}.values())
+
+    def num_params(self, model: nn.Module) -> int:
+        """Number of selected scalars."""
+        named = dict(model.named_parameters(remove_duplicate=False))
+        return sum(b.numel(named[b.name]) for b in self.blocks)
+
+    def to_json(self) -> dict:
+        """Serializable description (round-trips through :meth:`from_json`)."""
+        return {"spec": self.spec, "lora": self.lora, "blocks": [asdict(b) for b in self.blocks]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ParamSelection:
+        blocks = []
+        for b in data["blocks"]:
+            b = dict(b)
+            for k in ("out_idx", "in_idx"):
+                if b.get(k) is not None:
+                    b[k] = tuple(b[k])
+            blocks.append(ParamBlock(**b))
+        return cls(blocks, data.get("spec", ""), data.get("lora"))
+
+    def describe(self, model: nn.Module | None = None) -> str:
+        """One line: the spec, block and group counts, and the parameter count when a model is given."""
+        n = f", {self.num_params(model):,} params" if model is not None else ""
+        return f"{self.spec or 'custom'}: {len(self.blocks)} tensors in {len(self.groups)} groups{n}"
+
+
+def _module_kind(module: nn.Module) -> str:
+    name = type(module).__name__
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if "Norm" in name:
+        return "norm"
+    return "linear"
+
+
+def resolve(task_model: nn.Module, spec: str | list[SpecTerm], *, prefix: str = "hf.") -> ParamSelection:
+    """Resolve a spec against a TaskModel (``task_model.hf`` is the HF model, ``task_model.head`` its head).
+
+    Raises :class:`TangentError` for unknown roles or layers, for a spec that matches no parameter, and for
+    a LoRA term whose modules carry no injected LoRA adapter.
+    """
+    smap: StructureMap = task_model.structure
+    terms = parse_spec(spec, smap.num_layers) if isinstance(spec, str) else spec
+    spec_text = spec if isinstance(spec, str) else ";".join(t.text for t in terms)
+    params = dict(task_model.named_parameters(remove_duplicate=False))
+    blocks: list[ParamBlock] = []
+    lora_opts = None
+
+    def add(module_path: str, kind: str, group: str, layer=None, role=None, part=None, transposed=False, out_range=None):
+        for p in ("weight", "bias"):
+            if part is not None and p != part:
+                continue
+            name = f"{module_path}.{p}"
+            if name not in params:
+                continue
+            out_idx = None
+            if out_range is not None:
+                out_idx = tuple(range(*out_range))
+            blocks.append(ParamBlock(name, module_path, p, kind, group, layer, role, transposed, out_idx))
+
+    for term in terms:
+        layers = term.layers if term.layers is not None else tuple(range(smap.num_layers))
+        for layer in layers:
+            if not 0 <= layer < smap.num_layers:
+                raise TangentError(
+                    f"layer {layer} in '{term.text}' out of range: {smap.arch} model has layers 0..{smap.num_layers - 1}"
+                )
+        for target in expand_targets(term.targets, smap):
+            if target == "head":
+                if getattr(task_model, "head", None) is None:
+                    raise TangentError(f"'head' in '{term.text}': only encoder task models have a trainable head")
+                add("head", "linear", "head", role="head", part=term.part)
+                continue
+            if target == "embed":
+                for path in smap.embeddings:
+                    add(prefix + path, "embedding", "embed", role="embed", part=term.part)
+                continue
+            for layer in layers:
+                if target == "norm":
+                    for nrole, path in smap.norms[layer].items():
+                        add(prefix + path, "norm", f"L{layer}.{nrole}", layer, nrole, term.part)
+                    continue
+                if target not in smap.layers[layer]:
+                    raise TangentError(
+                        f"unknown module type '{target}' for {smap.arch}: choose from {', '.join(smap.roles)}"
+                    )
+                ref = smap.layers[layer][target]
+                group = f"L{layer}.{target}"
+                if term.lora is None:
+                    add(prefix + ref.path, "linear", group, layer, target, term.part, ref.transposed, ref.out_range)
+                    continue
+                lora_opts = term.lora
+                mod = task_model.get_submodule(prefix + ref.path)
+                if not hasattr(mod, "lora_A"):
+                    raise TangentError(
+                        f"'{term.text}': {ref.path} has no LoRA adapter; inject one first "
+                        "(tangentft.methods.lora.inject_lora)"
+                    )
+                for factor in ("A", "B"):
+                    if term.part is not None and term.part != factor:
+                        continue
+                    for adapter in getattr(mod, f"lora_{factor}"):
+                        path = f"{prefix}{ref.path}.lora_{factor}.{adapter}"
+                        if not any(b.module == path for b in blocks):
+                            add(path, "linear", group, layer, target, "weight")
+    return ParamSelection(_dedupe(blocks), spec_text, lora_opts)
+
+
+def _dedupe(blocks: list[ParamBlock]) -> list[ParamBlock]:
+    # GPT-2's q, k and v share c_attn: merge their output ranges into one block per (param, group).
+    merged: OrderedDict[tuple[str, str], ParamBlock] = OrderedDict()
+    for b in blocks:
+        key = (b.name, b.group)
+        if key in merged and merged[key].out_idx is not None and b.out_idx is not None:
+            prev = merged[key]
+            merged[key] = replace(prev, out_idx=tuple(sorted(set(prev.out_idx) | set(b.out_idx))))
+        elif key not in merged:
+            merged[key] = b
+    return list(merged.values())
+
+
+def module_kind_of(model: nn.Module, module_path: str) -> str:
+    """Kind (linear / norm / embedding) of a module, used when blocks are built programmatically."""
+    return _module_kind(model.get_submodule(module_path))

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny seeded task models for the three architectures, and the shared task data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA_DIR = Path(os.environ.get("TANGENTFT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+TINY_MODELS = ("tiny-llama", "tiny-bert", "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "sst2").is_dir():
+        pytest.skip(f"shared task data not found at {DATA_DIR}")
+    return DATA_DIR
+
+
+def sst2_spec():
+    from tangentft.data.types import TaskSpec
+
+    return TaskSpec("sst2", "classification", "Review: {sentence}\nSentiment:", [" negative", " positive"])
+
+
+def stsb_spec():
+    from tangentft.data.types import TaskSpec
+
+    return TaskSpec(
+        "stsb", "regression", "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nSimilarity from 0 to 5:",
+        [" 0", " 1", " 2", " 3", " 4", " 5"], [0, 1, 2, 3, 4, 5],
+    )
+
+
+def toy_examples(n: int = 8, seed: int = 0, regression: bool = False):
+    """Short synthetic sentences with labels; deterministic for a seed."""
+    import random
+
+    from tangentft.data.types import Example
+
+    rng = random.Random(seed)
+    words = "good bad movie film great awful plot actor boring fun dull superb weak story".split()
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
+        if regression:
+            out.append(Example(text, round(rng.uniform(0, 5), 2), " ".join(rng.choice(words) for _ in range(4)), f"toy:{i}"))
+        else:
+            out.append(Example(text, i % 2, None, f"toy:{i}"))
+    return out
+
+
+def tiny_task_model(name: str, spec=None, seed: int = 0):
+    from tangentft.models.task_model import build_task_model
+
+    return build_task_model(name, spec or sst2_spec(), seed=seed)
