@@ -1,0 +1,95 @@
+"""The one interface every fine-tuning method implements, and the registry the trainer looks methods up in.
+
+A method answers two questions: which parameters train, and how the update is parameterized (in place,
+through a PEFT adapter, through a linearized model, through an S2FT slice). The trainer knows nothing
+else about it: it calls :meth:`FineTuneMethod.prepare`, optimizes ``trainable_parameters``, calls
+``after_step`` after each optimizer step, and ``save`` at the end.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import TangentError
+
+
+@dataclass
+class MethodConfig:
+    """Fields shared by every method; subclasses add their own, each with ``metadata={"help": ...}``."""
+
+    params: str | None = field(default=None, metadata={"help": "Parameter selection spec (see tangentft.models.selection)."})
+    seed: int = field(default=0, metadata={"help": "Seed for adapter initialisation and selections."})
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text, for CLIs and docs."""
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+class FineTuneMethod(ABC):
+    """Base class: subclasses set ``name`` and ``config_class`` and implement ``prepare`` and ``save``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.config = config or self.config_class()
+
+    @abstractmethod
+    def prepare(self, task_model: nn.Module) -> nn.Module:
+        """Freeze everything, create/unfreeze what this method trains, and return the module to optimize.
+
+        The returned module's ``forward(input_ids, attention_mask)`` gives f(x) ∈ R^{batch×K}; exactly the
+        parameters this method trains have ``requires_grad=True``.
+        """
+
+    def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Name -> parameter for everything that trains (default: all with ``requires_grad``)."""
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def reference_point(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """θ0 for the pull toward initialization: detached copies of the trainable parameters now."""
+        return {n: p.detach().clone() for n, p in self.trainable_parameters(model).items()}
+
+    def after_step(self, model: nn.Module, lr: float) -> None:  # noqa: B027
+        """Called after every optimizer step (proximal methods act here). Default: nothing."""
+
+    def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Tensors that fully determine the trained state (for checkpoints and resume)."""
+        return {n: p.detach().clone() for n, p in self.trainable_parameters(model).items()}
+
+    def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`checkpoint_state` output into ``model`` in place."""
+        params = self.trainable_parameters(model)
+        missing = sorted(set(params) - set(state))
+        if missing:
+            raise TangentError(f"checkpoint lacks trained tensors: {', '.join(missing[:3])}")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state[n])
+
+    @abstractmethod
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        """Write the trained update (safetensors; PEFT format for adapters) to ``out_dir``."""
+
+
+METHODS: dict[str, type[FineTuneMethod]] = {}
+
+
+def register_method(cls: type[FineTuneMethod]) -> type[FineTuneMethod]:
+    """Class decorator: make a method available to the trainer and CLI under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[FineTuneMethod]:
+    """The method class registered as ``name``; a clear error listing the known ones otherwise."""
+    if name not in METHODS:
+        raise TangentError(f"unknown method '{name}': choose from {', '.join(sorted(METHODS))}")
+    return METHODS[name]
