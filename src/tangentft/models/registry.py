@@ -10,6 +10,8 @@ Names:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -193,7 +195,27 @@ def load_model(name: str, *, seed: int = 0, attn_implementation: str = "eager") 
     linearized method) does not go through every fused attention kernel.
     """
     if name in REGISTRY:
-        return REGISTRY[name].load(seed=seed, attn_implementation=attn_implementation)
-    if os.path.isdir(name) or ("/" in name and not name.startswith((".", "/"))):
-        return load_folder(name, attn_implementation=attn_implementation)
-    raise TangentError(f"unknown model '{name}': choose from {', '.join(REGISTRY)}, a model folder, or a hub id")
+        loader = functools.partial(REGISTRY[name].load, seed=seed)
+    elif os.path.isdir(name) or ("/" in name and not name.startswith((".", "/"))):
+        loader = functools.partial(load_folder, name)
+    else:
+        raise TangentError(f"unknown model '{name}': choose from {', '.join(REGISTRY)}, a model folder, or a hub id")
+    with _quiet_transformers():
+        return loader(attn_implementation=attn_implementation)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    # transformers' per-tensor loading bars and config notes would drown tangentft's own progress output.
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
