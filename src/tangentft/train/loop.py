@@ -67,7 +67,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One clear error for any out-of-range hyper-parameter."""
-        get_method(self.method)
+        method = get_method(self.method)
+        method.config_class.from_options(self.method, {"seed": self.seed, **self.method_options})
         checks = [
             (self.lr > 0, f"learning rate must be positive, got --lr {self.lr}"),
             (self.lam >= 0, f"λ must be ≥ 0, got --lam {self.lam}"),
