@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_task_model, toy_examples
 
+from conftest import tiny_task_model, toy_examples
 from tangentft.errors import TangentError
 from tangentft.methods.base import METHODS, get_method
 from tangentft.methods.linearized import LinearizedMethod
 from tangentft.methods.nuclear_prox import NuclearProxMethod, svt
 from tangentft.train.loop import TrainConfig, TrainData, Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matrices on a shared 2-core machine: a second thread only adds contention (40x slower here).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _fit(model_name, method, tmp_path, lr=1e-2, steps=12, **opts):
@@ -81,7 +90,7 @@ def test_linearized_prediction_equals_f0_plus_J_delta_from_autograd(model_name, 
     f0, jac = _jacobian(tm, names, batch)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for n, p in method.trainable_parameters(lin).items():
+        for p in method.trainable_parameters(lin).values():
             p.add_(1e-2 * torch.randn(p.shape, generator=gen))
     delta = torch.cat([d.reshape(-1) for d in lin.delta().values()]).detach()
     if model_name == "tiny-gpt2":  # v is a column slice of the fused c_attn: the rest of the tangent is zero

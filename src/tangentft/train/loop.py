@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..errors import TangentError
 from ..io import append_jsonl, atomic_write, write_json
 from ..methods.base import FineTuneMethod, get_method
+from ..models.selection import parse_spec
 from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import LinearizationProbe, peak_rss_gb, task_metric, theta_dist
 from .regularization import REG_MODES, PullToInit, build_optimizer
@@ -69,6 +70,8 @@ class TrainConfig:
         """One clear error for any out-of-range hyper-parameter."""
         method = get_method(self.method)
         method.config_class.from_options(self.method, {"seed": self.seed, **self.method_options})
+        if self.method_options.get("params"):
+            parse_spec(str(self.method_options["params"]))  # unknown module types fail before any loading
         checks = [
             (self.lr > 0, f"learning rate must be positive, got --lr {self.lr}"),
             (self.lam >= 0, f"λ must be ≥ 0, got --lam {self.lam}"),

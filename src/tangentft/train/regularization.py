@@ -61,7 +61,6 @@ class PullToInit:
         self.per_element = per_element
         self.pull_counts = {n: 0.0 for n in params}
         self.steps = 0
-        self._lr_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
 
     @property
     def param_groups(self):
@@ -76,9 +75,11 @@ class PullToInit:
         """Apply the (selective) decoupled pull toward θ0 using the current gradients; updates the counts."""
         if self.mode == "none" or self.lam == 0:
             return
+        # Looked up each step: load_state_dict replaces the optimizer's param-group dicts.
+        lr_of = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
         for n, p in self.params.items():
             d = p - self.reference[n]
-            rate = self._lr_of[id(p)]["lr"] * self.lam
+            rate = lr_of[id(p)] * self.lam
             if self.mode == "l2":
                 p.sub_(rate * d)
                 self.pull_counts[n] += 1.0
