@@ -8,8 +8,9 @@ else about it: it calls :meth:`FineTuneMethod.prepare`, optimizes ``trainable_pa
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,16 +56,23 @@ class MethodConfig:
 
 
 def _coerce(key: str, value: Any, f) -> Any:
-    if not isinstance(value, str) or f.default is MISSING or f.default is None or isinstance(f.default, str):
+    # Annotations are strings here (postponed evaluation): read the scalar type off them, e.g. "int | None".
+    if not isinstance(value, str):
         return value
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = next((t for t in ("bool", "int", "float") if re.search(rf"\b{t}\b", annotation)), None)
     try:
-        if isinstance(f.default, bool):
+        if kind == "bool":
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
             return value.lower() in ("true", "1")
-        return type(f.default)(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
     except ValueError:
-        raise TangentError(f"option {key}={value!r}: expected a {type(f.default).__name__}") from None
+        raise TangentError(f"option {key}={value!r}: expected a {kind}") from None
+    return value
 
 
 class FineTuneMethod(ABC):
