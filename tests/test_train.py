@@ -199,6 +199,13 @@ def test_cli_train_writes_every_artifact(tmp_path, data_dir):
             "lin_kl", "output_shift", "wall_s", "peak_rss_gb"}
     assert keys <= set(rows[-1]) and rows[-1]["step"] == 3
     assert json.loads((out / "config.json").read_text())["train"]["method_options"]["params"] == "lora(r=4):q,v@0"
+    # --resume reads config.json back; on a finished run it only rewrites the same artifacts.
+    adapter = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+    res = _cli("--resume", str(out))
+    assert res.exit_code == 0, res.output
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    res = _cli("--resume", str(tmp_path / "nowhere"))
+    assert res.exit_code == 2 and "no config.json" in res.output
 
 
 @pytest.mark.parametrize(
