@@ -37,7 +37,7 @@ class MethodConfig:
         """Build a config from CLI-style options; ``None`` means "not given".
 
         An option the method has no field for is an error (not silently ignored), naming the method.
-        String values (from ``--method-opt key=value``) are converted to the field's default's type.
+        String values (from ``--method-opt key=value``) are converted to the field's annotated bool/int/float type.
         """
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
