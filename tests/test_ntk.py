@@ -140,8 +140,12 @@ def test_tiling_equals_one_tile():
     sel = resolve(tm, "q,v@0;up@1")
     x, xe = toy_examples(6), toy_examples(3, seed=3)
     one = empirical_ntk_pair(tm, sel, x, xe, chunk_size=64)
-    tiled = empirical_ntk_pair(tm, sel, x, xe, chunk_size=2, max_memory="40KB")
+    calls = []
+    tiled = empirical_ntk_pair(tm, sel, x, xe, chunk_size=2, max_memory="40KB",
+                               progress=lambda done, total: calls.append((done, total)))
     assert one[0].timings["tiles"] == 1 and tiled[0].timings["tiles"] > 2
+    passes = tiled[0].timings["passes"]
+    assert calls == [(i, passes) for i in range(1, passes + 1)]
     for a, b in zip(one, tiled, strict=True):
         assert rel_err(b.matrix, a.matrix) < TOL
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -249,7 +249,6 @@ class Plan:
     tiles: list[list[int]]
     symmetric: bool
     passes: int
-    timings: dict = field(default_factory=dict)
 
 
 def _key(b: ParamBlock):
