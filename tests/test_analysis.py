@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -291,3 +292,112 @@ def test_advise_ranks_caps_at_matrix_rank():
     assert lora_rank.min_rank(2, 32) == 11  # 11·12/2 = 66 > 64 ≥ 10·11/2 = 55
     assert adv[0].rank == 11 and not adv[0].capped and "Thm 4.1" in adv[0].explanation
     assert adv[1].rank == 4 and adv[1].capped
+
+
+# -- Lipschitz (Algorithm 1) ---------------------------------------------------------------------------------
+def test_lipschitz_linear_head_is_exact_and_restores_parameters():
+    import torch
+    from conftest import tiny_task_model, toy_examples
+
+    from tangentft.analysis import lipschitz
+    from tangentft.models.selection import resolve
+
+    tm = tiny_task_model("tiny-bert")
+    sel = resolve(tm, "head")
+    ex = toy_examples(6)
+    before = {n: p.detach().clone() for n, p in tm.named_parameters()}
+    est = lipschitz.estimate_lipschitz(tm, sel, ex, r_max=0.5, num_radii=2, pairs=3)
+    for n, p in tm.named_parameters():
+        assert torch.equal(p, before[n]), n
+    # f = W h + b is linear in the head: Lip(∇f) = 0 and Lip(f) ≤ ‖[H, 1]‖₂ (exactly computable)
+    with torch.no_grad():
+        h = tm.features(**tm.encode(ex)).double()
+    hb = torch.cat([h, torch.ones(h.shape[0], 1, dtype=torch.float64)], dim=1)
+    bound = float(torch.linalg.matrix_norm(hb, ord=2))
+    assert 0 < est.lip_f <= bound * (1 + 1e-4)
+    assert est.lip_grad < 1e-3 * est.lip_f
+    assert est.num_params == sel.num_params(tm)
+    assert lipschitz.lambda_circ(2.0, est.lip_f, 0.5) == pytest.approx(2 * 2.0 * est.lip_f / 0.5)
+
+
+def test_lipschitz_nonlinear_selection_and_bound_curves():
+    import torch
+    from conftest import tiny_task_model, toy_examples
+
+    from tangentft.analysis import lipschitz
+    from tangentft.models.selection import resolve
+
+    tm = tiny_task_model("tiny-llama")
+    sel = resolve(tm, "q,v@0")
+    before = {n: p.detach().clone() for n, p in tm.named_parameters()}
+    est = lipschitz.estimate_lipschitz(tm, sel, toy_examples(4), r_max=1.0, num_radii=2, pairs=2)
+    assert all(torch.equal(p, before[n]) for n, p in tm.named_parameters())
+    assert est.lip_f > 0 and est.lip_grad > 0 and len(est.L_upper) == 2
+    assert all(u >= a for u, a in zip(est.L_upper, est.L_avg))
+    curves = lipschitz.bound_curves(3.0, 2.0, 5.0, lam=0.5, lr=0.1, steps=[1, 10, 10_000])
+    d = np.array(curves.param_distance)
+    np.testing.assert_allclose(d, 2.0 * 3.0 / 0.5 * (1 - np.exp(-0.5 * 0.1 * np.array([1, 10, 10_000]))))
+    np.testing.assert_allclose(curves.linearization_gap, 0.5 * 5.0 * d**2)
+    assert d[-1] == pytest.approx(2.0 * 3.0 / 0.5)  # saturates at Lip(f)·ρ/λ
+    # with λ = λ∘ the parameters stay within r/2 of θ0
+    lc = lipschitz.lambda_circ(3.0, 2.0, 0.4)
+    assert lipschitz.bound_curves(3.0, 2.0, 5.0, lc, 0.1, [10**9]).param_distance[0] <= 0.2 + 1e-12
+
+
+# -- orchestration on synthetic kernels, report and figures ----------------------------------------------------
+def _synthetic_problem(n=12, m=6, kk=2, seed=20):
+    rng = np.random.default_rng(seed)
+    j_base = rng.normal(size=((n + m) * kk, 30))
+    kb = j_base @ j_base.T
+    cands = {}
+    for g, scale in (("L0.o", 2.0), ("L5.o", 0.3), ("L10.o", 1.0)):
+        j = rng.normal(size=((n + m) * kk, 5)) * scale
+        cands[g] = (j @ j.T)[: n * kk, : n * kk]
+    labels = np.arange(n + m) % kk
+    y_all = np.eye(kk)[labels]
+    f0_all = rng.normal(size=(n + m, kk)) * 0.1
+    return (kb[: n * kk, : n * kk], kb[n * kk :, : n * kk], cands, y_all[:n], f0_all[:n], y_all[n:], f0_all[n:])
+
+
+def test_analyze_kernels_report_and_compare(tmp_path):
+    from tangentft.analysis import report, run
+
+    kb, kx, cands, y, f0, ye, f0e = _synthetic_problem()
+    rep = run.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)
+    assert rep["condition_number"]["value"] == pytest.approx(spectrum.condition_number(np.linalg.eigvalsh(kb), 1e-4))
+    assert rep["risk_bounds"]["brackets_krr"]
+    assert sorted(rep["candidates"][0]["groups"]) == sorted(cands)  # r_C grows with C: all candidates rank first
+    assert [c["r_c"] for c in rep["candidates"]] == sorted((c["r_c"] for c in rep["candidates"]), reverse=True)
+    assert rep["candidate_singles"][0]["groups"] == ["L0.o"]  # the largest-scale candidate moves λmax most
+    assert rep["stopping"]["T_hat"] >= 0 and rep["stopping"]["noise_estimated"]
+    assert rep["lora_min_rank"] == lora_rank.min_rank(2, 12)
+    rep.update(model="synthetic", task="synthetic", task_name="synthetic", task_kind="classification", params="q,v@0",
+               candidates_spec="o@::5", candidate_groups=list(cands), num_params=30, seed=0, n_eval=6, eval_split="test")
+    rep["recommendation"] = run.recommendation(rep)
+    out = report.write_report(rep, tmp_path / "a", kb)
+    data = json.loads((out / "report.json").read_text())
+    for key in ("n", "K", "eigenvalues", "lambda_max", "lambda_min", "condition_number", "effective_rank", "decay_beta",
+                "decay_beta_stderr", "risk_bounds", "krr", "candidates", "stopping", "lora_min_rank", "timings"):
+        assert key in data, key
+    md = (out / "report.md").read_text()
+    assert "## Recommendation" in md and "![" in md and "LoRA rank r = " in md
+    for f in ("spectrum.png", "candidates.png", "kernel.png"):
+        assert (out / f).read_bytes()[:4] == b"\x89PNG"
+    rows = report.compare_rows([out, out])
+    assert rows[0]["kappa"] == pytest.approx(data["condition_number"]["value"]) and len(rows) == 2
+    with pytest.raises(TangentError, match="no analysis report"):
+        report.compare_rows([tmp_path / "missing"])
+
+
+def test_analyze_kernels_regression_and_bad_input():
+    from tangentft.analysis import run
+
+    kb, kx, _, _, _, _, _ = _synthetic_problem(kk=1)
+    rng = np.random.default_rng(1)
+    y, ye = rng.normal(size=(12, 1)), rng.normal(size=(6, 1))
+    rep = run.analyze_kernels(kb, kx, {}, y, np.zeros_like(y), ye, np.zeros_like(ye), task_kind="regression")
+    assert rep["krr"]["eval_metric_name"] == "spearman" and rep["candidates"] == []
+    with pytest.raises(TangentError, match="sigma must be > 0"):
+        run.analyze_kernels(kb, kx, {}, y, y, ye, ye, task_kind="regression", sigma=0)
+    with pytest.raises(TangentError, match="at least 2"):
+        run.analyze_kernels(kb[:1, :1], kx[:, :1], {}, y[:1], y[:1], ye, ye, task_kind="regression")
