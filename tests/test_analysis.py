@@ -297,8 +297,8 @@ def test_advise_ranks_caps_at_matrix_rank():
 # -- Lipschitz (Algorithm 1) ---------------------------------------------------------------------------------
 def test_lipschitz_linear_head_is_exact_and_restores_parameters():
     import torch
-    from conftest import tiny_task_model, toy_examples
 
+    from conftest import tiny_task_model, toy_examples
     from tangentft.analysis import lipschitz
     from tangentft.models.selection import resolve
 
@@ -322,8 +322,8 @@ def test_lipschitz_linear_head_is_exact_and_restores_parameters():
 
 def test_lipschitz_nonlinear_selection_and_bound_curves():
     import torch
-    from conftest import tiny_task_model, toy_examples
 
+    from conftest import tiny_task_model, toy_examples
     from tangentft.analysis import lipschitz
     from tangentft.models.selection import resolve
 
@@ -333,7 +333,7 @@ def test_lipschitz_nonlinear_selection_and_bound_curves():
     est = lipschitz.estimate_lipschitz(tm, sel, toy_examples(4), r_max=1.0, num_radii=2, pairs=2)
     assert all(torch.equal(p, before[n]) for n, p in tm.named_parameters())
     assert est.lip_f > 0 and est.lip_grad > 0 and len(est.L_upper) == 2
-    assert all(u >= a for u, a in zip(est.L_upper, est.L_avg))
+    assert all(u >= a for u, a in zip(est.L_upper, est.L_avg, strict=True))
     curves = lipschitz.bound_curves(3.0, 2.0, 5.0, lam=0.5, lr=0.1, steps=[1, 10, 10_000])
     d = np.array(curves.param_distance)
     np.testing.assert_allclose(d, 2.0 * 3.0 / 0.5 * (1 - np.exp(-0.5 * 0.1 * np.array([1, 10, 10_000]))))

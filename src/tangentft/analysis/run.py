@@ -82,7 +82,7 @@ def analyze_kernels(
         "condition_number": {
             "value": spectrum.condition_number(spec, sigma),
             "sigma": sigma,
-            "grid": [{"sigma": float(s), "value": float(v)} for s, v in zip(grid, spectrum.condition_number(spec, grid))],
+            "grid": [{"sigma": float(s), "value": float(v)} for s, v in zip(grid, spectrum.condition_number(spec, grid), strict=True)],
         },
         "effective_rank": spec.effective_rank,
     }
