@@ -220,7 +220,6 @@ def analyze(
     from ..methods import parameterize
     from ..models.selection import ParamSelection, resolve
     from ..models.task_model import build_task_model
-    from ..ntk import empirical_ntk_pair
 
     if isinstance(n, bool) or int(n) < 2:
         raise TangentError(f"--n must be ≥ 2, got {n}")
@@ -246,6 +245,8 @@ def analyze(
         cand_groups = list(cand_sel.groups)
         combined = combined + cand_sel
     timings["load_s"] = time.perf_counter() - t
+
+    from ..ntk import empirical_ntk_pair
 
     t = time.perf_counter()
     kprog = (lambda d, tot: progress("eNTK", d, tot)) if progress else None
