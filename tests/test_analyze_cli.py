@@ -50,3 +50,26 @@ def test_one_class_task_one_line(tmp_path):
 def test_missing_options_and_compare_without_reports(tmp_path):
     _one_line_error(runner.invoke(app, ["analyze", "--model", "tiny-llama"]), "analyze needs --task")
     _one_line_error(runner.invoke(app, ["analyze", "--compare", str(tmp_path)]), "no analysis report")
+
+
+def test_end_to_end_tiny_model(tmp_path, data_dir):
+    pytest.importorskip("tangentft.ntk")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["analyze", "--model", "tiny-llama", "--task", str(data_dir / "sst2"),
+                              "--params", "lora(r=4):q,v@0", "--candidates", "o@all", "--n", "8", "--n-eval", "6",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("model", "task", "params", "n", "K", "num_params", "eigenvalues", "lambda_max", "lambda_min",
+                "condition_number", "effective_rank", "decay_beta", "decay_beta_stderr", "risk_bounds", "krr",
+                "candidates", "stopping", "lora_min_rank", "lipschitz", "lambda_circ", "timings"):
+        assert key in rep, key
+    assert rep["n"] == 8 and rep["K"] == 2 and len(rep["eigenvalues"]) == 16
+    assert {g for c in rep["candidates"] for g in c["groups"]} == {"L0.o", "L1.o"}
+    assert rep["risk_bounds"]["brackets_krr"]
+    # LoRA r=4 on q (32×32) and v (16×32) of layer 0: A is 4×32 for each, B is 32×4 and 16×4
+    assert rep["num_params"] == 2 * 4 * 32 + 32 * 4 + 16 * 4
+    for f in ("report.md", "spectrum.png", "candidates.png", "kernel.png", "bounds.png"):
+        assert (out / f).is_file(), f
+    res = runner.invoke(app, ["analyze", "--compare", str(out), str(out)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and res.output.count("tiny-llama") == 2, res.output

@@ -46,6 +46,15 @@ def make_figures(rep: dict, kernel_matrix, out_dir: Path) -> dict[str, str]:
     return figs
 
 
+def _stopping_line(rec: dict, st: dict) -> str:
+    if rec["steps"] == 0:
+        return (f"- **The stopping rule finds no step worth taking**: the estimated noise {_g(st['noise'])} puts the critical "
+                f"radius ({_g(st['critical_radius'])}) above what step size {_g(rec['step_size'])} resolves in one step. "
+                "Analyse more examples (--n) or stop on a validation set.")
+    return (f"- **Stop after about {rec['steps']} steps** of step size {_g(rec['step_size'])} on the mean squared loss "
+            f"(ridge-equivalent λ = {_g(st['ridge_equivalent'])} on that loss, σ = {_g(st['ridge_sigma'])} in K+σI).")
+
+
 def render_markdown(rep: dict) -> str:
     """The human report: what was analysed, key numbers, recommendation, candidates, figures, conventions."""
     kr, st, rb, rec = rep["krr"], rep["stopping"], rep["risk_bounds"], rep["recommendation"]
@@ -102,8 +111,7 @@ def render_markdown(rep: dict) -> str:
         f"- **Regularization λ = {_g(rec['regularization'])}** toward θ0 (sum-of-squares loss): cross-validated ridge "
         f"{_g(rec['regularization_cv'])}"
         + (f", linear-regime threshold λ∘ = {_g(rec['regularization_linear_regime'])}." if rec.get("regularization_linear_regime") is not None else "."),
-        f"- **Stop after about {rec['steps']} steps** of step size {_g(rec['step_size'])} on the mean squared loss "
-        f"(ridge-equivalent λ = {_g(st['ridge_equivalent'])} on that loss, σ = {_g(st['ridge_sigma'])} in K+σI).",
+        _stopping_line(rec, st),
         "",
     ]
     singles = rep.get("candidate_singles") or []

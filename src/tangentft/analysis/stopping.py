@@ -91,8 +91,8 @@ class StoppingRule:
     noise: float
     noise_estimated: bool
     effective_time: float  # η_T̂ = α·T̂
-    ridge_equivalent: float  # λ = 1/(α·T̂), penalty on the mean loss
-    ridge_sigma: float  # σ = n/(α·T̂), same in the (K+σI)⁻¹ convention
+    ridge_equivalent: float | None  # λ = 1/(α·T̂), penalty on the mean loss (None when T̂ = 0)
+    ridge_sigma: float | None  # σ = n/(α·T̂), same in the (K+σI)⁻¹ convention
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -117,8 +117,10 @@ def stopping_rule(eigs, step_size: float, noise: float, *, noise_estimated: bool
     eps = critical_radius(eigs, noise)
     t_hat = int(math.floor(1.0 / (step_size * eps * eps) * (1 + 1e-12))) if eps > 0 else 0
     eta = step_size * t_hat
-    lam_ridge = 1.0 / eta if eta > 0 else math.inf
-    return StoppingRule(eps, t_hat, float(step_size), float(noise), noise_estimated, eta, lam_ridge, lam.size * lam_ridge)
+    # T̂ = 0 (noise swamps every direction of K) means "do not train": no finite ridge matches it
+    lam_ridge = 1.0 / eta if eta > 0 else None
+    sig = lam.size * lam_ridge if lam_ridge is not None else None
+    return StoppingRule(eps, t_hat, float(step_size), float(noise), noise_estimated, eta, lam_ridge, sig)
 
 
 def noise_from_residual(residual, dof: float) -> float:
