@@ -109,7 +109,8 @@ def estimate_lipschitz(
     """Algorithm 1 (linearization paper, App. K): Lip(f) and Lip(∇f) over shells of radius r ≤ ``r_max``.
 
     Radii are log-spaced from r_max/100 to r_max. Only the selected parameters move; they are restored
-    exactly afterwards, also on error. ``progress(done, total)`` is called after each pair.
+    exactly afterwards, also on error, as are the parameters' ``requires_grad`` flags (only the selected
+    tensors need gradients here). ``progress(done, total)`` is called after each pair.
     """
     if not r_max > 0:
         raise TangentError(f"r_max must be > 0, got {r_max}")
@@ -120,6 +121,13 @@ def estimate_lipschitz(
     batch = task_model.encode(list(examples))
     was_training = task_model.training
     task_model.eval()
+    # gradients only for the selected tensors: a full backward through embeddings and every layer's weights
+    # costs far more than the forward pass
+    flags = {p: p.requires_grad for p in task_model.parameters()}
+    for p in flags:
+        p.requires_grad_(False)
+    for p in sel.params.values():
+        p.requires_grad_(True)
     theta0 = sel.saved
     with torch.no_grad():
         out_shape = task_model(**batch).shape
@@ -158,6 +166,8 @@ def estimate_lipschitz(
             ga.append(float(np.mean(gr)))
             gu.append(float(np.max(gr)))
     finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
         sel.restore()
         task_model.zero_grad(set_to_none=True)
         task_model.train(was_training)

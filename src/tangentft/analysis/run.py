@@ -57,7 +57,8 @@ def analyze_kernels(
     pretrained outputs; ``y_eval`` the eval targets (one-hot or scores). σ (default 1e-4, linearization paper
     §4) is used for κ and Algorithm 2; the kernel-ridge σ is chosen by cross-validation, and Theorem 5's
     bounds use that σ so that they bracket the reported training risk. The stopping rule's default step size
-    is the largest stable one, 1/λ̂max of K/N.
+    is the largest stable one, 1/λ̂max of K/N; its default noise level is the root of the cross-validated
+    kernel-ridge mean squared error (the held-out residual of the fit).
     """
     sigma = float(sigma)
     if not sigma > 0:
@@ -138,8 +139,8 @@ def analyze_kernels(
     alpha = float(step_size) if step_size is not None else (1.0 / lam_hat_max if lam_hat_max > 0 else 1.0)
     est = noise is None
     if est:
-        resid = y - fit.train_pred
-        noise = stopping.noise_from_residual(resid, fit.dof * (num_out if n_rows == n else 1))
+        # the held-out residual: a near-interpolating fit's in-sample residual badly underestimates the noise
+        noise = math.sqrt(min(cv.cv_mse))
     out["stopping"] = stopping.stopping_rule(spec.eigenvalues, alpha, float(noise), noise_estimated=est).to_json()
     out["stopping"]["loss"] = f"mean squared error over the {n_rows} kernel rows, gradient descent with step α"
 

@@ -121,13 +121,3 @@ def stopping_rule(eigs, step_size: float, noise: float, *, noise_estimated: bool
     lam_ridge = 1.0 / eta if eta > 0 else None
     sig = lam.size * lam_ridge if lam_ridge is not None else None
     return StoppingRule(eps, t_hat, float(step_size), float(noise), noise_estimated, eta, lam_ridge, sig)
-
-
-def noise_from_residual(residual, dof: float) -> float:
-    """Noise level s = sqrt(RSS / (N − dof)) from a kernel-ridge fit's training residual (N entries, dof = tr(S_σ))."""
-    r = np.asarray(residual, dtype=np.float64).reshape(-1)
-    denom = max(r.size - dof, 1.0)
-    s = math.sqrt(float(r @ r) / denom)
-    if s <= 0:
-        raise TangentError("kernel-ridge residual is exactly zero; pass the noise level explicitly")
-    return s
