@@ -304,7 +304,7 @@ def test_lipschitz_linear_head_is_exact_and_restores_parameters():
     sel = resolve(tm, "head")
     ex = toy_examples(6)
     before = {n: p.detach().clone() for n, p in tm.named_parameters()}
-    est = lipschitz.estimate_lipschitz(tm, sel, ex, r_max=0.5, num_radii=2, pairs=3)
+    est = lipschitz.estimate_lipschitz(tm, sel, ex, r_max=0.5, num_radii=2, samples=3)
     for n, p in tm.named_parameters():
         assert torch.equal(p, before[n]), n
     # f = W h + b is linear in the head: Lip(∇f) = 0 and Lip(f) ≤ ‖[H, 1]‖₂ (exactly computable)
@@ -328,7 +328,7 @@ def test_lipschitz_nonlinear_selection_and_bound_curves():
     tm = tiny_task_model("tiny-llama")
     sel = resolve(tm, "q,v@0")
     before = {n: p.detach().clone() for n, p in tm.named_parameters()}
-    est = lipschitz.estimate_lipschitz(tm, sel, toy_examples(4), r_max=1.0, num_radii=2, pairs=2)
+    est = lipschitz.estimate_lipschitz(tm, sel, toy_examples(4), r_max=1.0, num_radii=2, samples=2)
     assert all(torch.equal(p, before[n]) for n, p in tm.named_parameters())
     assert est.lip_f > 0 and est.lip_grad > 0 and len(est.L_upper) == 2
     assert all(u >= a for u, a in zip(est.L_upper, est.L_avg, strict=True))

@@ -143,7 +143,10 @@ def render_markdown(rep: dict) -> str:
         "classification accuracy is the argmax over the K outputs.",
         "- Training risk R = ‖Y − f*(X)‖² summed over examples and outputs; its bounds use the residual targets Y − f0(X).",
         "- The stopping rule follows Raskutti et al. (2014) on K/N (N kernel rows) with gradient descent on the mean "
-        "squared loss; its default step is the largest stable one, 1/λ̂max.",
+        "squared loss; its default step is the largest stable one, 1/λ̂max. Its noise level, unless given with --noise, "
+        "is the root of the cross-validated kernel-ridge MSE, which also contains approximation error: T̂ errs early.",
+        "- λ∘ and the bound curves use the sum-of-squares loss ½‖f − Y‖² + (λ/2)‖θ − θ0‖², with Lip(f), Lip(∇f) "
+        "measured within r = ‖θ_KRR − θ0‖ (the distance the kernel-ridge solution moves the parameters).",
         f"- Timings: {', '.join(f'{k} {v:.1f}s' for k, v in (rep.get('timings') or {}).items() if isinstance(v, float))}.",
     ]
     lines += [f"- Note: {n}" for n in notes]

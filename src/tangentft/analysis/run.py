@@ -208,7 +208,7 @@ def analyze(
     sigma: float = spectrum.DEFAULT_SIGMA,
     step_size: float | None = None,
     noise: float | None = None,
-    lipschitz_examples: int = 8,
+    lipschitz_examples: int = 4,
     progress: Progress | None = None,
 ) -> tuple[dict, np.ndarray, object]:
     """Run the whole pre-training analysis; returns (report dict, base train kernel matrix, the Kernel).
@@ -275,7 +275,7 @@ def analyze(
         a = krr.ridge_solve(k_base, (y - f0).reshape(-1), rep["krr"]["sigma"])
     radius = float(math.sqrt(max(a @ k_base @ a, 0.0))) or 1.0
     lprog = (lambda d, tot: progress("Lipschitz", d, tot)) if progress else None
-    lip = lipschitz.estimate_lipschitz(tm, base, x[:lipschitz_examples], r_max=radius, num_radii=3, pairs=2,
+    lip = lipschitz.estimate_lipschitz(tm, base, x[:lipschitz_examples], r_max=radius, num_radii=3, samples=2,
                                        seed=seed, progress=lprog)
     timings["lipschitz_s"] = time.perf_counter() - t
     rho = float(np.linalg.norm(y - f0))
