@@ -368,6 +368,11 @@ def test_analyze_kernels_report_and_compare(tmp_path):
     assert [c["r_c"] for c in rep["candidates"]] == sorted((c["r_c"] for c in rep["candidates"]), reverse=True)
     assert rep["candidate_singles"][0]["groups"] == ["L0.o"]  # the largest-scale candidate moves λmax most
     assert rep["stopping"]["T_hat"] >= 0 and rep["stopping"]["noise_estimated"]
+    sig = rep["krr"]["sigma"]
+    a = np.linalg.solve(kb + sig * np.eye(kb.shape[0]), (y - f0).reshape(-1))
+    assert rep["stopping"]["rkhs_norm"] == pytest.approx(math.sqrt(a @ kb @ a), rel=1e-8)
+    assert rep["stopping"]["noise_unscaled"] == pytest.approx(math.sqrt(min(rep["krr"]["cv"]["cv_mse"])))
+    assert rep["stopping"]["noise"] == pytest.approx(rep["stopping"]["noise_unscaled"] / rep["stopping"]["rkhs_norm"])
     assert rep["lora_min_rank"] == lora_rank.min_rank(2, 12)
     rep.update(model="synthetic", task="synthetic", task_name="synthetic", task_kind="classification", params="q,v@0",
                candidates_spec="o@::5", candidate_groups=list(cands), num_params=30, seed=0, n_eval=6, eval_split="test")

@@ -92,7 +92,7 @@ def render_markdown(rep: dict) -> str:
         f"risk {_g(kr['train_loss'])} {'inside' if rb.get('brackets_krr') else 'OUTSIDE'} |",
         f"| predicted eval {metric} | {_g(kr['eval_metric'], 3)} | kernel ridge, σ = {_g(kr['sigma'])} by {kr['cv']['folds']}-fold CV |",
         f"| critical radius / T̂ | {_g(st['critical_radius'])} / {st['T_hat']} steps | step size {_g(st['step_size'])}, noise "
-        f"{_g(st['noise'])}{' (estimated)' if st['noise_estimated'] else ''} |",
+        f"{_g(st['noise'])}{' (estimated)' if st['noise_estimated'] else ''} per unit ‖f*‖_H |",
     ]
     if rep.get("lipschitz"):
         lip = rep["lipschitz"]
@@ -144,7 +144,8 @@ def render_markdown(rep: dict) -> str:
         "- Training risk R = ‖Y − f*(X)‖² summed over examples and outputs; its bounds use the residual targets Y − f0(X).",
         "- The stopping rule follows Raskutti et al. (2014) on K/N (N kernel rows) with gradient descent on the mean "
         "squared loss; its default step is the largest stable one, 1/λ̂max. Its noise level, unless given with --noise, "
-        "is the root of the cross-validated kernel-ridge MSE, which also contains approximation error: T̂ errs early.",
+        "is the root of the cross-validated kernel-ridge MSE (it also contains approximation error, so T̂ errs early), "
+        "divided by the RKHS norm ‖f*‖_H of the kernel-ridge solution since the rule assumes ‖f*‖_H ≤ 1.",
         "- λ∘ and the bound curves use the sum-of-squares loss ½‖f − Y‖² + (λ/2)‖θ − θ0‖², with Lip(f), Lip(∇f) "
         "measured within r = ‖θ_KRR − θ0‖ (the distance the kernel-ridge solution moves the parameters).",
         f"- Timings: {', '.join(f'{k} {v:.1f}s' for k, v in (rep.get('timings') or {}).items() if isinstance(v, float))}.",

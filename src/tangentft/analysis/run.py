@@ -141,7 +141,16 @@ def analyze_kernels(
     if est:
         # the held-out residual: a near-interpolating fit's in-sample residual badly underestimates the noise
         noise = math.sqrt(min(cv.cv_mse))
-    out["stopping"] = stopping.stopping_rule(spec.eigenvalues, alpha, float(noise), noise_estimated=est).to_json()
+    # Raskutti et al. assume ‖f*‖_H ≤ 1; dividing Y by R = ‖f*‖_H (estimated by the kernel-ridge solution's
+    # RKHS norm sqrt(αᵀKα)) makes it so, and divides the noise level by R too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        a = krr.ridge_solve(k_base, (y - f0).reshape(-1) if n_rows != n else (y - f0), cv.sigma)
+    rkhs = float(math.sqrt(max(float(np.sum(a * (k_base @ a))), 0.0)))
+    scaled = float(noise) / rkhs if rkhs > 0 else float(noise)
+    out["stopping"] = stopping.stopping_rule(spec.eigenvalues, alpha, scaled, noise_estimated=est).to_json()
+    out["stopping"]["noise_unscaled"] = float(noise)
+    out["stopping"]["rkhs_norm"] = rkhs
     out["stopping"]["loss"] = f"mean squared error over the {n_rows} kernel rows, gradient descent with step α"
 
     # LoRA rank (LoRA-NTK paper): N examples, K outputs
@@ -270,10 +279,7 @@ def analyze(
 
     # linear-regime check: Lipschitz constants in the ball the kernel-ridge solution reaches
     t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        a = krr.ridge_solve(k_base, (y - f0).reshape(-1), rep["krr"]["sigma"])
-    radius = float(math.sqrt(max(a @ k_base @ a, 0.0))) or 1.0
+    radius = rep["stopping"]["rkhs_norm"] or 1.0
     lprog = (lambda d, tot: progress("Lipschitz", d, tot)) if progress else None
     lip = lipschitz.estimate_lipschitz(tm, base, x[:lipschitz_examples], r_max=radius, num_radii=3, samples=2,
                                        seed=seed, progress=lprog)
