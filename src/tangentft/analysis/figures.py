@@ -78,5 +78,6 @@ def bounds_figure(steps, param_distance, linearization_gap, path, t_hat: int | N
             ax.axvline(t_hat, color="tab:red", ls="--", lw=1, label=f"T̂ = {t_hat}")
             ax.legend()
     if radius:
-        axes[0].axhline(radius, color="gray", ls=":", lw=1)
+        axes[0].axhline(radius, color="gray", ls=":", lw=1, label=f"r = {radius:.3g} (Lipschitz ball)")
+        axes[0].legend()
     return _save(fig, path)

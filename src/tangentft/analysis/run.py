@@ -289,7 +289,9 @@ def analyze(
     lam_use = max(lam_circ, rep["krr"]["sigma"])
     t_hat = rep["stopping"]["T_hat"]
     lr_sum = rep["stopping"]["step_size"] / k_base.shape[0]  # the mean-loss step as a sum-of-squares step
-    curves = lipschitz.bound_curves(rho, lip.lip_f, lip.lip_grad, lam_use, lr_sum, lipschitz.steps_grid(max(10 * t_hat, 100)))
+    # plot until the distance bound has saturated (3 time constants), within 10⁶ steps
+    horizon = int(min(max(10 * t_hat, 100, 3.0 / (lam_use * lr_sum)), 1e6))
+    curves = lipschitz.bound_curves(rho, lip.lip_f, lip.lip_grad, lam_use, lr_sum, lipschitz.steps_grid(horizon))
     rep["lipschitz"] = lip.to_json() | {"radius": radius, "radius_definition": "‖θ_KRR − θ0‖ = sqrt(αᵀKα) at the CV σ"}
     rep["lambda_circ"] = lam_circ
     rep["bound_curves"] = curves.to_json()
