@@ -218,13 +218,16 @@ def analyze(
     step_size: float | None = None,
     noise: float | None = None,
     lipschitz_examples: int = 4,
+    template: str | None = None,
+    label_words: list[str] | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict, np.ndarray, object]:
     """Run the whole pre-training analysis; returns (report dict, base train kernel matrix, the Kernel).
 
     One eNTK pass over the base selection ``params`` ∪ the ``candidates`` selection gives the base kernel K
     (group ``base``) and the candidate kernels S_g (candidate groups, e.g. ``L5.o``) together, plus the
-    eval×train cross-kernel for kernel-ridge prediction.
+    eval×train cross-kernel for kernel-ridge prediction. ``template``/``label_words`` override the task's
+    prompt and verbalizers (as in :func:`tangentft.data.load_task`).
     """
     from ..data import load_task
     from ..methods import parameterize
@@ -239,7 +242,7 @@ def analyze(
         raise TangentError("--candidates is empty: give a selection spec such as 'o@::5'")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    data = load_task(task)
+    data = load_task(task, template=template, label_words=label_words)
     x, x_eval, eval_split = _sample(data, int(n), n_eval, seed)
     tm = build_task_model(model, data.spec, seed=seed)
     base = parameterize(tm, params, seed=seed)

@@ -31,6 +31,8 @@ def analyze(
     sigma: float = typer.Option(1e-4, "--sigma", help="σ for κ(K+σI) and candidate ranking (linearization paper §4)."),
     step_size: float = typer.Option(None, "--step-size", help="Step size for the stopping rule (default 1/λ̂max)."),
     noise: float = typer.Option(None, "--noise", help="Label noise level (default: from the kernel-ridge residual)."),
+    template: str = typer.Option(None, "--template", help="Override the prompt template ({sentence} or {sentence1}/{sentence2})."),
+    label_words: str = typer.Option(None, "--label-words", help="Override the label words, comma-separated."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder for report.json, report.md and figures."),
     compare: bool = typer.Option(False, "--compare", help="Tabulate κ, β and predicted metrics of analysis folders."),
 ) -> None:
@@ -69,7 +71,9 @@ def analyze(
 
     try:
         rep, k_base, kernel = run_analysis(model, task, params, candidates, n=n, n_eval=n_eval, seed=seed, sigma=sigma,
-                                           step_size=step_size, noise=noise, progress=report_progress)
+                                           step_size=step_size, noise=noise, progress=report_progress,
+                                           template=template.replace("\\n", "\n") if template else None,
+                                           label_words=label_words.split(",") if label_words else None)
         write_report(rep, out, k_base)
         kernel.save(out / "kernel")
     finally:
