@@ -270,8 +270,14 @@ def analyze(
     cand_k = {g: k_train.blocks[g] for g in cand_groups}
 
     t = time.perf_counter()
+    if progress:
+        progress("f0(X)", 0, 2)
     f0 = tm.predict(x).double().numpy()
+    if progress:
+        progress("f0(X)", 1, 2)
     f0_eval = tm.predict(x_eval).double().numpy()
+    if progress:
+        progress("f0(X)", 2, 2)
     y = tm.targets(x).double().numpy()
     y_eval = tm.targets(x_eval).double().numpy()
     timings["predict_s"] = time.perf_counter() - t
