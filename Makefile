@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: install
 	$(VENV)/bin/tangentft models
 	$(VENV)/bin/tangentft data inspect $(DATA)/sst2 --model smollm2-135m
+	$(VENV)/bin/tangentft analyze --model smollm2-135m --task $(DATA)/sst2 --params 'lora(r=8):q,v@0,15,29' \
+		--candidates 'o@::5' --n 32 --out $(DEMO_OUT)/analyze
 
 test: install
 	$(PY) -m pytest -q

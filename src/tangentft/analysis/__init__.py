@@ -1,0 +1,8 @@
+"""Analysis before training: what the eNTK at θ0 predicts about fine-tuning, and what to tune.
+
+One concern per module — spectrum (κ, effective rank, decay β), bounds (Theorem 5 risk bounds), krr
+(kernel-ridge predictions), perturbation (Theorems 6–7, Algorithm 2 layer selection), stopping (early-stopping
+rule), lora_rank (rank advisor), lipschitz (linear-regime checks); run.analyze ties them to one eNTK pass
+and report/figures write the result.
+Import from the submodules, e.g. ``from tangentft.analysis.spectrum import spectrum``.
+"""

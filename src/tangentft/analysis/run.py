@@ -1,0 +1,344 @@
+"""``analyze``: everything tangentft can say before training, from one eNTK pass over base ∪ candidates.
+
+:func:`analyze_kernels` is the numpy part (spectrum, Theorem 5 bounds, kernel-ridge prediction, Algorithm 2,
+stopping rule, rank advice); :func:`analyze` loads the model and task, computes the kernels and the
+Lipschitz estimates, and returns the report dictionary that :mod:`tangentft.analysis.report` writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from ..errors import TangentError
+from . import bounds, krr, lipschitz, lora_rank, perturbation, spectrum, stopping
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+BASE_GROUP = "base"
+
+
+def recommend_subset(selection: perturbation.Selection, share: float = 0.9) -> perturbation.CandidateScore:
+    """The smallest subset reaching ``share`` of the log-ratio gain of the largest scored subset.
+
+    r_C only grows with C, so "best" needs a budget: this picks the knee — most of the spectral gain of
+    tuning every candidate for the fewest extra groups.
+    """
+    best = selection.best_by_size
+    full = math.log(best[max(best)].r_c)
+    for size in sorted(best):
+        if full <= 0 or math.log(best[size].r_c) >= share * full:
+            return best[size]
+    return best[max(best)]
+
+
+def analyze_kernels(
+    k_base: np.ndarray,
+    k_cross: np.ndarray,
+    candidates: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    f0: np.ndarray,
+    y_eval: np.ndarray,
+    f0_eval: np.ndarray,
+    *,
+    task_kind: str,
+    sigma: float = spectrum.DEFAULT_SIGMA,
+    step_size: float | None = None,
+    noise: float | None = None,
+    seed: int = 0,
+) -> dict:
+    """Spectrum, κ, decay, Theorem 5 bounds, KRR prediction, Algorithm 2 ranking, stopping rule, rank advice.
+
+    ``k_base`` is the train kernel of the base selection (full layout (n·K, n·K) or traced (n, n)), ``k_cross``
+    its eval×train kernel, ``candidates`` the per-group train kernels S_g. ``y``/``f0`` are (n, K) targets and
+    pretrained outputs; ``y_eval`` the eval targets (one-hot or scores). σ (default 1e-4, linearization paper
+    §4) is used for κ and Algorithm 2; the kernel-ridge σ is chosen by cross-validation, and Theorem 5's
+    bounds use that σ so that they bracket the reported training risk. The stopping rule's default step size
+    is the largest stable one, 1/λ̂max of K/N; its default noise level is the root of the cross-validated
+    kernel-ridge mean squared error (the held-out residual of the fit).
+    """
+    sigma = float(sigma)
+    if not sigma > 0:
+        raise TangentError(f"--sigma must be > 0, got {sigma}")
+    y, f0 = np.atleast_2d(y).astype(np.float64), np.atleast_2d(f0).astype(np.float64)
+    n, num_out = y.shape
+    if n < 2:
+        raise TangentError(f"analysis needs at least 2 training examples, got {n}")
+    t0 = time.perf_counter()
+    spec = spectrum.spectrum(k_base)
+    grid = np.logspace(-6, 2, 9)
+    out: dict = {
+        "n": n,
+        "K": num_out,
+        "kernel_shape": list(np.shape(k_base)),
+        "eigenvalues": spec.eigenvalues.tolist(),
+        "lambda_max": spec.lambda_max,
+        "lambda_min": spec.lambda_min,
+        "trace": spec.trace,
+        "eigenvalue_notes": spec.notes,
+        "clamped_eigenvalues": spec.clamped_count,
+        "condition_number": {
+            "value": spectrum.condition_number(spec, sigma),
+            "sigma": sigma,
+            "grid": [{"sigma": float(s), "value": float(v)} for s, v in zip(grid, spectrum.condition_number(spec, grid), strict=True)],
+        },
+        "effective_rank": spec.effective_rank,
+    }
+    try:
+        dec = spectrum.decay_rate(spec.eigenvalues)
+        out.update(decay_beta=dec.beta, decay_beta_stderr=dec.stderr, decay_window=list(dec.window), decay_r2=dec.r2)
+    except TangentError as exc:
+        out.update(decay_beta=None, decay_beta_stderr=None, decay_window=None, decay_r2=None, decay_note=exc.message)
+
+    # kernel ridge prediction (eq. 14–17) with σ by cross-validation
+    cv = krr.cv_sigma(k_base, y, f0, folds=min(4, n), seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        fit = krr.krr_predict(k_base, y, f0, cv.sigma, k_cross, f0_eval)
+    rb = bounds.risk_bounds(spec, bounds.residual_targets(y, f0), cv.sigma)
+    kr: dict = {
+        "sigma": cv.sigma,
+        "cv": cv.to_json(),
+        "train_loss": fit.train_risk,
+        "train_loss_definition": "‖Y − f*(X)‖² summed over examples and outputs (Theorem 5's R)",
+        "dof": fit.dof,
+        "warnings": [str(w.message) for w in caught],
+    }
+    if task_kind == "classification":
+        labels = np.asarray(y_eval).argmax(axis=1)
+        kr.update(eval_metric_name="accuracy", eval_metric=krr.accuracy(fit.eval_pred, labels),
+                  zero_shot_metric=krr.accuracy(f0_eval, labels),
+                  train_metric=krr.accuracy(fit.train_pred, y.argmax(axis=1)))
+    else:
+        m = krr.regression_metrics(fit.eval_pred[:, 0], np.asarray(y_eval)[:, 0])
+        z = krr.regression_metrics(np.asarray(f0_eval)[:, 0], np.asarray(y_eval)[:, 0])
+        kr.update(eval_metric_name="spearman", eval_metric=m["spearman"], eval_mse=m["mse"], eval_pearson=m["pearson"],
+                  zero_shot_metric=z["spearman"], zero_shot_mse=z["mse"])
+    out["krr"] = kr
+    out["risk_bounds"] = rb.to_json()
+    out["risk_bounds"]["brackets_krr"] = bool(rb.lower * (1 - 1e-9) <= fit.train_risk <= rb.upper * (1 + 1e-9))
+
+    # Algorithm 2 over the candidate groups
+    if candidates:
+        sel = perturbation.select_groups(k_base, candidates, sigma)
+        rec = recommend_subset(sel)
+        out["candidates"] = [c.to_json() for c in sel.ranking]
+        out["candidate_singles"] = [c.to_json() for c in sel.singles]
+        out["candidate_best_by_size"] = {str(s): c.to_json() for s, c in sel.best_by_size.items()}
+        out["candidate_method"] = sel.method
+        out["candidate_recommendation"] = rec.to_json()
+    else:
+        out["candidates"] = []
+
+    # early stopping (early-stopping paper §3.5)
+    n_rows = spec.eigenvalues.size
+    lam_hat_max = spec.lambda_max / n_rows
+    alpha = float(step_size) if step_size is not None else (1.0 / lam_hat_max if lam_hat_max > 0 else 1.0)
+    est = noise is None
+    if est:
+        # the held-out residual: a near-interpolating fit's in-sample residual badly underestimates the noise
+        noise = math.sqrt(min(cv.cv_mse))
+    # Raskutti et al. assume ‖f*‖_H ≤ 1; dividing Y by R = ‖f*‖_H (estimated by the kernel-ridge solution's
+    # RKHS norm sqrt(αᵀKα)) makes it so, and divides the noise level by R too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        a = krr.ridge_solve(k_base, (y - f0).reshape(-1) if n_rows != n else (y - f0), cv.sigma)
+    rkhs = float(math.sqrt(max(float(np.sum(a * (k_base @ a))), 0.0)))
+    scaled = float(noise) / rkhs if rkhs > 0 else float(noise)
+    out["stopping"] = stopping.stopping_rule(spec.eigenvalues, alpha, scaled, noise_estimated=est).to_json()
+    out["stopping"]["noise_unscaled"] = float(noise)
+    out["stopping"]["rkhs_norm"] = rkhs
+    out["stopping"]["loss"] = f"mean squared error over the {n_rows} kernel rows, gradient descent with step α"
+
+    # LoRA rank (LoRA-NTK paper): N examples, K outputs
+    out["lora_min_rank"] = lora_rank.min_rank(num_out, n)
+    out["timings"] = {"analysis_s": time.perf_counter() - t0}
+    return out
+
+
+def _sample(task, n: int, n_eval: int | None, seed: int):
+    from ..data.sampling import sample_n, sample_per_class, train_val_split
+
+    spec = task.spec
+    train = task.split("train")
+    if spec.kind == "classification":
+        labels = sorted({int(e.label) for e in train})
+        if len(labels) < 2:
+            raise TangentError(f"task {spec.name}: the train split has only one class (label {labels[0]}); need ≥ 2")
+    if n > len(train):
+        raise TangentError(f"--n {n} exceeds the {len(train)} training examples of task {spec.name}")
+    if spec.kind == "classification" and n % spec.num_classes == 0:
+        x = sample_per_class(train, n // spec.num_classes, seed, num_classes=spec.num_classes)
+    else:
+        x = sample_n(train, n, seed)
+    n_eval = n if n_eval is None else int(n_eval)
+    if n_eval < 1:
+        raise TangentError(f"--n-eval must be ≥ 1, got {n_eval}")
+    pool_name = next((s for s in ("dev", "test") if s in task.splits), None)
+    if pool_name is not None:
+        pool = task.splits[pool_name]
+    else:
+        chosen = {e.uid for e in x}
+        pool = [e for e in train if e.uid not in chosen]
+        pool_name = "train (held out from the sample)"
+        if not pool:
+            raise TangentError(f"task {spec.name}: no dev/test split and no training examples left for evaluation")
+        pool = train_val_split(pool, val_size=min(n_eval, len(pool) - 1), seed=seed)[1] if len(pool) > 1 else pool
+    x_eval = sample_n(pool, min(n_eval, len(pool)), seed + 1)
+    return x, x_eval, pool_name
+
+
+def _adapted_shapes(task_model, selection) -> dict[str, tuple[int, int]]:
+    """(out, in) of every linear matrix the selection adapts (LoRA factors map to the matrix they adapt)."""
+    smap = task_model.structure
+    shapes: dict[str, tuple[int, int]] = {}
+    for b in selection.blocks:
+        if b.module_kind != "linear" or b.role is None:
+            continue
+        if b.layer is None:
+            continue
+        key = f"L{b.layer}.{b.role}"
+        shapes[key] = (smap.out_features(b.role), smap.in_features(b.role))
+    return shapes
+
+
+def analyze(
+    model: str,
+    task: str,
+    params: str,
+    candidates: str | None = None,
+    *,
+    n: int = 32,
+    n_eval: int | None = None,
+    seed: int = 0,
+    sigma: float = spectrum.DEFAULT_SIGMA,
+    step_size: float | None = None,
+    noise: float | None = None,
+    lipschitz_examples: int = 4,
+    template: str | None = None,
+    label_words: list[str] | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict, np.ndarray, object]:
+    """Run the whole pre-training analysis; returns (report dict, base train kernel matrix, the Kernel).
+
+    One eNTK pass over the base selection ``params`` ∪ the ``candidates`` selection gives the base kernel K
+    (group ``base``) and the candidate kernels S_g (candidate groups, e.g. ``L5.o``) together, plus the
+    eval×train cross-kernel for kernel-ridge prediction. ``template``/``label_words`` override the task's
+    prompt and verbalizers (as in :func:`tangentft.data.load_task`).
+    """
+    from ..data import load_task
+    from ..methods import parameterize
+    from ..models.selection import ParamSelection, resolve
+    from ..models.task_model import build_task_model
+
+    if isinstance(n, bool) or int(n) < 2:
+        raise TangentError(f"--n must be ≥ 2, got {n}")
+    if not float(sigma) > 0:
+        raise TangentError(f"--sigma must be > 0, got {sigma}")
+    if candidates is not None and not candidates.strip():
+        raise TangentError("--candidates is empty: give a selection spec such as 'o@::5'")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    data = load_task(task, template=template, label_words=label_words)
+    x, x_eval, eval_split = _sample(data, int(n), n_eval, seed)
+    tm = build_task_model(model, data.spec, seed=seed)
+    base = parameterize(tm, params, seed=seed)
+    base_keys = {(b.name, b.out_idx, b.in_idx) for b in base.blocks}
+    combined = base.regroup(lambda b: BASE_GROUP)
+    cand_groups: list[str] = []
+    if candidates is not None:
+        cand = resolve(tm, candidates)
+        extra = [b for b in cand.blocks if (b.name, b.out_idx, b.in_idx) not in base_keys]
+        if not extra:
+            raise TangentError(f"--candidates '{candidates}' adds no parameter beyond --params '{params}'")
+        cand_sel = ParamSelection(extra, candidates)
+        cand_groups = list(cand_sel.groups)
+        combined = combined + cand_sel
+    timings["load_s"] = time.perf_counter() - t
+
+    from ..ntk import empirical_ntk_pair
+
+    t = time.perf_counter()
+    kprog = (lambda d, tot: progress("eNTK", d, tot)) if progress else None
+    k_train, k_cross = empirical_ntk_pair(tm, combined, x, x_eval, kind="full", progress=kprog)
+    timings["kernel_s"] = time.perf_counter() - t
+    k_base = k_train.blocks[BASE_GROUP]
+    kc_base = k_cross.blocks[BASE_GROUP]
+    cand_k = {g: k_train.blocks[g] for g in cand_groups}
+
+    t = time.perf_counter()
+    if progress:
+        progress("f0(X)", 0, 2)
+    f0 = tm.predict(x).double().numpy()
+    if progress:
+        progress("f0(X)", 1, 2)
+    f0_eval = tm.predict(x_eval).double().numpy()
+    if progress:
+        progress("f0(X)", 2, 2)
+    y = tm.targets(x).double().numpy()
+    y_eval = tm.targets(x_eval).double().numpy()
+    timings["predict_s"] = time.perf_counter() - t
+
+    rep = analyze_kernels(k_base, kc_base, cand_k, y, f0, y_eval, f0_eval, task_kind=data.spec.kind, sigma=sigma,
+                          step_size=step_size, noise=noise, seed=seed)
+    rep["lora_ranks"] = [a.to_json() for a in lora_rank.advise_ranks(tm.num_outputs, len(x), _adapted_shapes(tm, base))]
+
+    # linear-regime check: Lipschitz constants in the ball the kernel-ridge solution reaches
+    t = time.perf_counter()
+    radius = rep["stopping"]["rkhs_norm"] or 1.0
+    lprog = (lambda d, tot: progress("Lipschitz", d, tot)) if progress else None
+    lip = lipschitz.estimate_lipschitz(tm, base, x[:lipschitz_examples], r_max=radius, num_radii=3, samples=2,
+                                       seed=seed, progress=lprog)
+    timings["lipschitz_s"] = time.perf_counter() - t
+    rho = float(np.linalg.norm(y - f0))
+    lam_circ = lipschitz.lambda_circ(rho, lip.lip_f, radius)
+    lam_use = max(lam_circ, rep["krr"]["sigma"])
+    t_hat = rep["stopping"]["T_hat"]
+    lr_sum = rep["stopping"]["step_size"] / k_base.shape[0]  # the mean-loss step as a sum-of-squares step
+    # plot until the distance bound has saturated (3 time constants), within 10⁶ steps
+    horizon = int(min(max(10 * t_hat, 100, 3.0 / (lam_use * lr_sum)), 1e6))
+    curves = lipschitz.bound_curves(rho, lip.lip_f, lip.lip_grad, lam_use, lr_sum, lipschitz.steps_grid(horizon))
+    rep["lipschitz"] = lip.to_json() | {"radius": radius, "radius_definition": "‖θ_KRR − θ0‖ = sqrt(αᵀKα) at the CV σ"}
+    rep["lambda_circ"] = lam_circ
+    rep["bound_curves"] = curves.to_json()
+
+    rep.update(
+        model=model,
+        task=task,
+        task_name=data.spec.name,
+        task_kind=data.spec.kind,
+        params=params,
+        candidates_spec=candidates,
+        candidate_groups=cand_groups,
+        num_params=base.num_params(tm),
+        num_params_candidates={g: ParamSelection(blocks, g).num_params(tm) for g, blocks in combined.groups.items()
+                               if g != BASE_GROUP},
+        seed=seed,
+        eval_split=eval_split,
+        n_eval=len(x_eval),
+        sample_ids=k_train.sample_ids,
+        kernel_timings=k_train.timings,
+    )
+    rep["timings"] = rep["timings"] | timings
+    rep["recommendation"] = recommendation(rep)
+    return rep, k_base, k_train
+
+
+def recommendation(rep: dict) -> dict:
+    """What to do, in numbers: candidate groups to add, LoRA rank, regularization λ, number of steps."""
+    st = rep["stopping"]
+    krr_sigma = rep["krr"]["sigma"]
+    lam_circ = rep.get("lambda_circ")
+    rec = {
+        "lora_rank": rep["lora_min_rank"],
+        "regularization": max(krr_sigma, lam_circ) if lam_circ is not None else krr_sigma,
+        "regularization_cv": krr_sigma,
+        "regularization_linear_regime": lam_circ,
+        "steps": st["T_hat"],
+        "step_size": st["step_size"],
+        "candidate_groups": (rep.get("candidate_recommendation") or {}).get("groups", []),
+    }
+    return rec

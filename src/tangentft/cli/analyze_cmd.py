@@ -1,0 +1,88 @@
+"""``tangentft analyze``: the eNTK analysis before training, or a comparison table of earlier analyses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .common import console, friendly, progress
+
+
+def _num(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+@friendly
+def analyze(
+    dirs: list[Path] = typer.Argument(None, help="With --compare: analysis folders to tabulate."),
+    model: str = typer.Option(None, "--model", "-m", help="Model name (tangentft models), folder or hub id."),
+    task: str = typer.Option(None, "--task", "-t", help="Task folder or file, e.g. ../shared/data/sst2."),
+    params: str = typer.Option(None, "--params", "-p", help="Trained parameters, e.g. 'lora(r=8):q,v@0,15,29'."),
+    candidates: str = typer.Option(None, "--candidates", "-c", help="Candidate groups to rank, e.g. 'o@::5'."),
+    n: int = typer.Option(32, "--n", help="Training examples in the kernel (balanced per class when possible)."),
+    n_eval: int = typer.Option(None, "--n-eval", help="Eval examples for the kernel-ridge prediction (default: n)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling and initialization seed."),
+    sigma: float = typer.Option(1e-4, "--sigma", help="σ for κ(K+σI) and candidate ranking (linearization paper §4)."),
+    step_size: float = typer.Option(None, "--step-size", help="Step size for the stopping rule (default 1/λ̂max)."),
+    noise: float = typer.Option(None, "--noise", help="Label noise level (default: from the kernel-ridge residual)."),
+    template: str = typer.Option(None, "--template", help="Override the prompt template ({sentence} or {sentence1}/{sentence2})."),
+    label_words: str = typer.Option(None, "--label-words", help="Override the label words, comma-separated."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder for report.json, report.md and figures."),
+    compare: bool = typer.Option(False, "--compare", help="Tabulate κ, β and predicted metrics of analysis folders."),
+) -> None:
+    """Analyse fine-tuning before training: spectrum, bounds, predicted metric, candidate layers, steps, rank."""
+    from ..errors import TangentError
+
+    if compare:
+        from ..analysis.report import compare_rows
+
+        rows = compare_rows(dirs or [])
+        table = Table(title="analyses")
+        for col in ("run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "predicted", "zero-shot", "train loss", "T̂"):
+            table.add_column(col, justify="left" if col in ("run", "model", "task", "params", "metric") else "right")
+        for r in rows:
+            table.add_row(r["run"], r["model"], r["task"], r["params"], _num(r["n"]), _num(r["kappa"]), _num(r["beta"]),
+                          r["metric"], _num(r["predicted"]), _num(r["zero_shot"]), _num(r["train_loss"]), _num(r["T_hat"]))
+        console.print(table)
+        return
+    if dirs:
+        raise TangentError(f"unexpected argument {dirs[0]}: folders are only taken with --compare")
+    missing = [f for f, v in (("--model", model), ("--task", task), ("--params", params), ("--out", out)) if v is None]
+    if missing:
+        raise TangentError(f"analyze needs {', '.join(missing)}")
+    from ..analysis.report import write_report
+    from ..analysis.run import analyze as run_analysis
+
+    bar = progress()
+    tasks: dict[str, int] = {}
+
+    def report_progress(stage: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # only once work starts, so input errors print as one clean line
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        rep, k_base, kernel = run_analysis(model, task, params, candidates, n=n, n_eval=n_eval, seed=seed, sigma=sigma,
+                                           step_size=step_size, noise=noise, progress=report_progress,
+                                           template=template.replace("\\n", "\n") if template else None,
+                                           label_words=label_words.split(",") if label_words else None)
+        write_report(rep, out, k_base)
+        kernel.save(out / "kernel")
+    finally:
+        if tasks:  # stopping a bar that never started prints a stray blank line
+            bar.stop()
+    kr, rec = rep["krr"], rep["recommendation"]
+    console.print(f"[bold]{model}[/] on [cyan]{rep['task_name']}[/]: κ(K+σI) = {_num(rep['condition_number']['value'])}, "
+                  f"β = {_num(rep['decay_beta'])}, predicted {kr['eval_metric_name']} {_num(kr['eval_metric'])} "
+                  f"(zero-shot {_num(kr.get('zero_shot_metric'))})")
+    console.print(f"recommend: LoRA r = {rec['lora_rank']}, λ = {_num(rec['regularization'])}, ~{rec['steps']} steps"
+                  + (f", add {', '.join(rec['candidate_groups'])}" if rec["candidate_groups"] else ""))
+    console.print(f"report: {out / 'report.md'}")

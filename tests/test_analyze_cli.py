@@ -1,0 +1,75 @@
+"""`tangentft analyze`: bad input is one line with exit code 2; a tiny end-to-end run writes a full report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tangentft.cli.main import app
+
+runner = CliRunner()
+
+
+def _one_line_error(res, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1, res.output
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--candidates", " "], "--candidates is empty"),
+        (["--sigma", "0"], "--sigma must be > 0"),
+        (["--sigma", "-1"], "--sigma must be > 0"),
+        (["--n", "1"], "--n must be ≥ 2"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, data_dir, extra, needle):
+    args = ["analyze", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--params", "q@0", "--out", str(tmp_path)]
+    for i in range(0, len(extra), 2):
+        if extra[i] in args:
+            args[args.index(extra[i]) + 1] = extra[i + 1]
+        else:
+            args += extra[i : i + 2]
+    _one_line_error(runner.invoke(app, args), needle)
+
+
+def test_one_class_task_one_line(tmp_path):
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "train.tsv").write_text("label\tsentence\n" + "".join(f"0\tsentence {i}\n" for i in range(8)))
+    res = runner.invoke(app, ["analyze", "--model", "tiny-llama", "--task", str(task), "--params", "q@0",
+                              "--n", "4", "--out", str(tmp_path / "o")])
+    _one_line_error(res, "at least two classes")
+
+
+def test_missing_options_and_compare_without_reports(tmp_path):
+    _one_line_error(runner.invoke(app, ["analyze", "--model", "tiny-llama"]), "analyze needs --task")
+    _one_line_error(runner.invoke(app, ["analyze", "--compare", str(tmp_path)]), "no analysis report")
+
+
+def test_end_to_end_tiny_model(tmp_path, data_dir):
+    pytest.importorskip("tangentft.ntk")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["analyze", "--model", "tiny-llama", "--task", str(data_dir / "sst2"),
+                              "--params", "lora(r=4):q,v@0", "--candidates", "o@all", "--n", "8", "--n-eval", "6",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("model", "task", "params", "n", "K", "num_params", "eigenvalues", "lambda_max", "lambda_min",
+                "condition_number", "effective_rank", "decay_beta", "decay_beta_stderr", "risk_bounds", "krr",
+                "candidates", "stopping", "lora_min_rank", "lipschitz", "lambda_circ", "timings"):
+        assert key in rep, key
+    assert rep["n"] == 8 and rep["K"] == 2 and len(rep["eigenvalues"]) == 16
+    assert {g for c in rep["candidates"] for g in c["groups"]} == {"L0.o", "L1.o"}
+    assert rep["risk_bounds"]["brackets_krr"]
+    # LoRA r=4 on q (32×32) and v (16×32) of layer 0: A is 4×32 for each, B is 32×4 and 16×4
+    assert rep["num_params"] == 2 * 4 * 32 + 32 * 4 + 16 * 4
+    for f in ("report.md", "spectrum.png", "candidates.png", "kernel.png", "bounds.png"):
+        assert (out / f).is_file(), f
+    res = runner.invoke(app, ["analyze", "--compare", str(out), str(out)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and res.output.count("tiny-llama") == 2, res.output
