@@ -25,7 +25,7 @@ demo: install
 	$(VENV)/bin/tangentft data inspect $(DATA)/sst2 --model smollm2-135m
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks experiments

@@ -109,6 +109,10 @@ def test_real_models_load(name, arch, millions):
     out = tm.predict(toy_examples(3))
     assert out.shape == (3, 2) and torch.isfinite(out).all()
     if name == "smollm2-135m":
+        # SmolLM2 splits " 3" into " " + "3": the shared space moves into the prompt.
+        reg = build_task_model(loaded, stsb_spec())
+        assert reg.prompt_suffix == " " and reg.texts(toy_examples(1, regression=True))[0].endswith(": ")
+        assert ((reg.predict(toy_examples(2, regression=True)) >= 0) & (reg.predict(toy_examples(2, regression=True)) <= 5)).all()
         smap = loaded.structure
         assert (smap.num_heads, smap.num_kv_heads, smap.head_dim, smap.intermediate_size) == (9, 3, 64, 1536)
 

@@ -14,3 +14,7 @@ def parameterize(task_model, spec: str, *, seed: int = 0, init_b: str = "zero") 
 
         inject_lora(task_model, lora_terms, seed=seed, init_b=init_b)
     return resolve(task_model, terms)
+
+
+# Importing a method module registers it (tangentft.methods.base.METHODS); the trainer and CLI list these.
+from . import full, head, linearized, lora, nuclear_prox  # noqa: E402, F401

@@ -8,10 +8,11 @@ else about it: it calls :meth:`FineTuneMethod.prepare`, optimizes ``trainable_pa
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,6 +31,48 @@ class MethodConfig:
     def help(cls) -> dict[str, str]:
         """Field name -> help text, for CLIs and docs."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+    @classmethod
+    def from_options(cls, method: str, options: dict[str, Any]) -> MethodConfig:
+        """Build a config from CLI-style options; ``None`` means "not given".
+
+        An option the method has no field for is an error (not silently ignored), naming the method.
+        String values (from ``--method-opt key=value``) are converted to the field's annotated bool/int/float type.
+        """
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key not in known:
+                opts = ", ".join(sorted(known))
+                raise TangentError(f"option '{key}' does not apply to method '{method}' (its options: {opts})")
+            kwargs[key] = _coerce(key, value, known[key])
+        return cls(**kwargs)
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as a plain dict (for config.json)."""
+        return asdict(self)
+
+
+def _coerce(key: str, value: Any, f) -> Any:
+    # Annotations are strings here (postponed evaluation): read the scalar type off them, e.g. "int | None".
+    if not isinstance(value, str):
+        return value
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = next((t for t in ("bool", "int", "float") if re.search(rf"\b{t}\b", annotation)), None)
+    try:
+        if kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise TangentError(f"option {key}={value!r}: expected a {kind}") from None
+    return value
 
 
 class FineTuneMethod(ABC):
@@ -59,6 +102,15 @@ class FineTuneMethod(ABC):
 
     def after_step(self, model: nn.Module, lr: float) -> None:  # noqa: B027
         """Called after every optimizer step (proximal methods act here). Default: nothing."""
+
+    def nonlinear(self, model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The network f(x; θ) and the values θt at which it is evaluated now, keyed like ``reference_point``.
+
+        The trainer's linearization metrics compare ``f(x; θt)`` with f̄ = f(x; θ0) + J(x; θ0)(θt − θ0)
+        by ``torch.func.functional_call`` on this module. Default: the prepared module and its trainable
+        parameters; the linearized method returns the underlying network and its θ̄ instead.
+        """
+        return model, dict(self.trainable_parameters(model))
 
     def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Tensors that fully determine the trained state (for checkpoints and resume)."""

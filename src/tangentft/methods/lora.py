@@ -8,10 +8,17 @@ kernel at init is the B-only kernel (LoRA-NTK paper, §3).
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 
 from ..errors import TangentError
-from ..models.selection import SpecTerm, expand_targets, parse_spec
+from ..io import save_safetensors, write_json
+from ..models.selection import SpecTerm, expand_targets, parse_spec, resolve
+from .base import FineTuneMethod, MethodConfig, register_method
 
 
 def lora_target_paths(task_model, terms: list[SpecTerm]) -> list[str]:
@@ -73,3 +80,81 @@ def inject_lora(
     # Not a submodule: the parameters are already reachable as task_model.hf.*; keep the wrapper for saving.
     object.__setattr__(task_model, "peft_model", peft_model)
     return config
+
+
+def lora_spec(task_model, params: str | None, r: int | None = None, alpha: float | None = None) -> str:
+    """Normalize a selection for LoRA training into an explicit spec.
+
+    Unset ``params`` means ``q,v`` in every layer (plus the head for encoders, whose head is new). Terms
+    without a ``lora`` prefix that name projections become LoRA terms; ``head``/``norm``/``embed`` terms stay
+    fully trained. ``r``/``alpha`` (the CLI's ``--lora-r``/``--lora-alpha``) override the spec's options, and
+    the result spells them out so config.json and the selection say what was injected.
+    """
+    if r is not None and r <= 0:
+        raise TangentError(f"LoRA rank must be positive, got --lora-r {r}")
+    if alpha is not None and alpha <= 0:
+        raise TangentError(f"LoRA alpha must be positive, got --lora-alpha {alpha}")
+    if params is None:
+        params = "lora:q,v@all" + (";head" if getattr(task_model, "head", None) is not None else "")
+    out = []
+    for raw in filter(None, (t.strip() for t in params.split(";"))):
+        term = parse_spec(raw, task_model.structure.num_layers)[0]
+        if term.lora is None and any(t in ("head", "norm", "embed") for t in term.targets):
+            out.append(raw)
+            continue
+        body = raw.split(":", 1)[1] if term.lora is not None else raw
+        rr = int(r if r is not None else (term.lora or {}).get("r", 8))
+        aa = float(alpha if alpha is not None else ((term.lora or {}).get("alpha") or 2 * rr))
+        out.append(f"lora(r={rr},alpha={aa:g}):{body}")
+    return ";".join(out)
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    """LoRA through PEFT; ``params`` like ``lora(r=8):q,v@0,15,29`` or plain ``q,v@all``."""
+
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (overrides the spec's r; default 8)."})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA alpha (overrides the spec's alpha; default 2r)."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (0 keeps f deterministic)."})
+
+    def __post_init__(self):
+        if self.lora_r is not None and self.lora_r <= 0:
+            raise TangentError(f"LoRA rank must be positive, got lora_r={self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise TangentError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@register_method
+class LoraMethod(FineTuneMethod):
+    """LoRA adapters injected by PEFT on structure-map roles; θ0 for the pull is the adapter's init (B = 0)."""
+
+    name = "lora"
+    config_class = LoraMethodConfig
+
+    def prepare(self, task_model):
+        from .full import freeze_all_but
+
+        cfg = self.config
+        spec = lora_spec(task_model, cfg.params, cfg.lora_r, cfg.lora_alpha)
+        terms = parse_spec(spec, task_model.structure.num_layers)
+        inject_lora(task_model, [t for t in terms if t.lora is not None], dropout=cfg.lora_dropout, seed=cfg.seed)
+        self.selected = resolve(task_model, terms)
+        freeze_all_but(task_model, {b.name for b in self.selected.blocks})
+        return task_model
+
+    def save(self, model, out_dir: Path) -> None:
+        """PEFT ``save_pretrained`` into ``out_dir/adapter`` (adapter_config.json + adapter_model.safetensors);
+        fully trained extras (an encoder head) go to ``out_dir/extra.safetensors``."""
+        out_dir = Path(out_dir)
+        target = out_dir / "adapter"
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".adapter.") as tmp:
+            model.peft_model.save_pretrained(tmp, safe_serialization=True)
+            for f in Path(tmp).iterdir():
+                os.replace(f, target / f.name)  # same filesystem: each file lands atomically
+        extra = {n: p for n, p in self.trainable_parameters(model).items() if ".lora_" not in n}
+        if extra:
+            save_safetensors(out_dir / "extra.safetensors", extra, {"method": self.name})
+        write_json(out_dir / "selection.json", self.selected.to_json())

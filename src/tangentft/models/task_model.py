@@ -38,6 +38,7 @@ class TaskModel(nn.Module):
         self.max_length = max_length
         self.num_outputs = spec.num_outputs
         self.head: nn.Linear | None = None
+        self.prompt_suffix = ""
         if self.kind == "encoder":
             hidden = self.structure.hidden_size
             head = nn.Linear(hidden, self.num_outputs)
@@ -56,22 +57,36 @@ class TaskModel(nn.Module):
 
     # -- tokenization ------------------------------------------------------------------------------------
     def _label_token_ids(self, words: Sequence[str]) -> list[int]:
-        ids = []
-        for w in words:
-            toks = self.tokenizer(w, add_special_tokens=False)["input_ids"]
-            if not toks:
+        # Byte-level BPEs split " 3" into " " + "3": every score word then starts with the same token. Such
+        # a shared leading part is appended to the prompt (as the model would have read it before the
+        # answer) and each word is scored by its first distinguishing token.
+        toks = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+        for w, t in zip(words, toks, strict=True):
+            if not t:
                 raise TangentError(f"label word {w!r} tokenizes to nothing for model {self.model_name}")
-            ids.append(toks[0])  # a multi-token word is scored by its first token
+        prefix: list[int] = []
+        while all(len(t) > len(prefix) + 1 for t in toks) and len({t[len(prefix)] for t in toks}) == 1:
+            prefix.append(toks[0][len(prefix)])
+        ids = [t[len(prefix)] for t in toks]
         if len(set(ids)) != len(ids):
             raise TangentError(
                 f"label words {list(words)} share a first token for model {self.model_name}; choose distinct words"
             )
+        self.prompt_suffix = self.tokenizer.decode(prefix) if prefix else ""
+        if prefix:
+            probe = self.tokenizer(self.spec.template.split("{")[0] + "x" + self.prompt_suffix,
+                                   add_special_tokens=False)["input_ids"]
+            if probe[-len(prefix):] != prefix:
+                raise TangentError(
+                    f"label words {list(words)} start with {self.prompt_suffix!r}, which does not survive "
+                    f"tokenization at the end of a prompt for {self.model_name}; choose other label words"
+                )
         return ids
 
     def texts(self, examples: Sequence[Example]) -> list[str]:
         """The model inputs: filled prompts (causal) or raw sentences (encoder)."""
         if self.kind == "causal":
-            return [self.spec.format(e) for e in examples]
+            return [self.spec.format(e) + self.prompt_suffix for e in examples]
         return [e.text for e in examples]
 
     def encode(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
