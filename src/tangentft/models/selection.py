@@ -286,13 +286,17 @@ def resolve(task_model: nn.Module, spec: str | list[SpecTerm], *, prefix: str = 
         for p in ("weight", "bias"):
             if part is not None and p != part:
                 continue
-            name = f"{module_path}.{p}"
+            path = module_path
+            # Under an injected PEFT LoRA adapter the frozen W lives in the wrapper's base_layer.
+            if f"{path}.{p}" not in params and f"{path}.base_layer.{p}" in params:
+                path = f"{path}.base_layer"
+            name = f"{path}.{p}"
             if name not in params:
                 continue
             out_idx = None
             if out_range is not None:
                 out_idx = tuple(range(*out_range))
-            blocks.append(ParamBlock(name, module_path, p, kind, group, layer, role, transposed, out_idx))
+            blocks.append(ParamBlock(name, path, p, kind, group, layer, role, transposed, out_idx))
 
     for term in terms:
         layers = term.layers if term.layers is not None else tuple(range(smap.num_layers))
