@@ -101,3 +101,35 @@ def test_mismatched_bases_and_architectures_are_refused(tmp_path):
         cosine(ta, gpt)
     with pytest.raises(TangentError, match="does not fit|adapts no module"):
         from_lora_adapter(a, tiny_task_model("tiny-gpt2").hf)
+
+
+def _alignment(name, specs, n=3):
+    from tangentft.models.registry import load_model
+    from tangentft.taskvec.alignment import kernel_alignment
+
+    base = load_model(name)
+    # Examples are seeded by task name: two copies of one task see the same inputs.
+    tasks = [(spec, toy_examples(n, seed=len(spec.name) + len(spec.template), regression=spec.kind == "regression"), None)
+             for spec in specs]
+    touched = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"] if name == "tiny-llama" \
+        else ["encoder.layer.0.attention.self.query.weight"]
+    return kernel_alignment(base, tasks, touched)
+
+
+def test_kernel_alignment_is_one_for_a_task_against_itself_and_symmetric():
+    from conftest import sst2_spec, stsb_spec
+    from tangentft.data import TaskSpec
+
+    cola = TaskSpec("cola", "classification", "Sentence: {sentence}\nAcceptable:", [" no", " yes"])
+    a = _alignment("tiny-llama", [sst2_spec(), sst2_spec(), cola, stsb_spec()])
+    assert a.shape == (4, 4)
+    assert abs(a[0, 1] - 1.0) < 1e-6  # same task, same examples
+    assert ((a > 0) & (a <= 1 + 1e-9)).all() and abs(a - a.T).max() < 1e-12
+    assert a[0, 2] < 1.0
+
+
+def test_kernel_alignment_on_encoder_uses_each_task_head():
+    from conftest import sst2_spec
+
+    a = _alignment("tiny-bert", [sst2_spec(), sst2_spec()])
+    assert abs(a[0, 1] - 1.0) < 1e-6

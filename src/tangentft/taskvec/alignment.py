@@ -16,6 +16,7 @@ expectation is built from).
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import torch
 
