@@ -1,0 +1,85 @@
+"""``tangentft taskvec``: compare, add and negate fine-tuned updates (task arithmetic in the NTK regime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, friendly
+
+app = typer.Typer(help="Task vectors τ = θ_FT − θ_PT from training runs: compare, add, negate.", no_args_is_help=True)
+
+
+def _alphas(text: str | None) -> list[float] | None:
+    from ..errors import TangentError
+
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise TangentError(f"--alpha must be comma-separated numbers, got '{text}'") from None
+
+
+def _show(out: Path) -> None:
+    console.print((out / "result.md").read_text())
+    console.print(f"[dim]wrote {out}/result.json, result.md[/]")
+
+
+@app.command("compare")
+@friendly
+def compare_cmd(
+    runs: list[str] = typer.Argument(..., help="tangentft train output folders."),
+    out: Path = typer.Option(..., "--out", help="Folder for result.json, result.md, similarity.png."),
+    n_kernel: int = typer.Option(16, help="Training examples per task for the kernel alignment."),
+    seed: int = typer.Option(0, help="Seed for sampling the examples."),
+    max_memory: str = typer.Option("2GB", help="Memory budget of the eNTK pass."),
+) -> None:
+    """Cosine matrix of task vectors and normalized kernel alignment between their tasks, with a heatmap."""
+    from ..taskvec import ops, report
+
+    with console.status("building task vectors and the cross-task eNTK"):
+        result = ops.compare(runs, n_kernel=n_kernel, seed=seed, max_memory=max_memory)
+    report.write(result, out)
+    _show(out)
+
+
+@app.command("add")
+@friendly
+def add_cmd(
+    runs: list[str] = typer.Argument(..., help="tangentft train output folders, one per task."),
+    out: Path = typer.Option(..., "--out", help="Folder for the merged adapter/task vector and the report."),
+    alpha: str = typer.Option(None, "--alpha", help="Coefficients α (one shared or one per run, comma-separated); default: grid search on validation."),
+    eval_tasks: list[str] = typer.Option(None, "--eval", help="Task folders to evaluate on (default: the runs' tasks)."),
+    n_eval: int = typer.Option(128, help="Test examples per task."),
+    n_val: int = typer.Option(64, help="Validation examples per task for the α search."),
+    seed: int = typer.Option(0, help="Seed for sampling."),
+) -> None:
+    """Task addition θ_PT + Σ α_i τ_i: per task the metric of base, own fine-tune and merged model."""
+    from ..taskvec import ops, report
+
+    with console.status("task addition") as status:
+        result = ops.add(runs, alphas=_alphas(alpha), eval_tasks=eval_tasks or None, n_eval=n_eval, n_val=n_val,
+                         seed=seed, out=out, progress=lambda msg: status.update(f"α search: {msg}"))
+    report.write(result, out)
+    _show(out)
+
+
+@app.command("negate")
+@friendly
+def negate_cmd(
+    run: str = typer.Argument(..., help="A tangentft train output folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the negated adapter/task vector and the report."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Negation strength: θ_PT − α τ."),
+    eval_tasks: list[str] = typer.Option(None, "--eval", help="Task folders to evaluate on (default: the run's task)."),
+    n_eval: int = typer.Option(128, help="Test examples per task."),
+    seed: int = typer.Option(0, help="Seed for sampling."),
+) -> None:
+    """Task negation θ_PT − α τ: the task's metric should drop."""
+    from ..taskvec import ops, report
+
+    with console.status("task negation"):
+        result = ops.negate(run, alpha=alpha, eval_tasks=eval_tasks or None, n_eval=n_eval, seed=seed, out=out)
+    report.write(result, out)
+    _show(out)

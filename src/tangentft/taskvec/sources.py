@@ -1,0 +1,48 @@
+"""Build task vectors from what fine-tuning leaves behind: full weights, PEFT LoRA adapters, S2FT adapters."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import TangentError
+from ..models.fingerprint import model_fingerprint
+from .vector import TaskVector, difference
+
+
+def from_state_dict(finetuned: dict[str, torch.Tensor], base: nn.Module, *, name: str = "", source: str = "") -> TaskVector:
+    """τ = θ_FT − θ_PT from a (partial) fine-tuned state dict keyed like the base model's parameters."""
+    return TaskVector(difference(finetuned, base), model_fingerprint(base), base.config.model_type, name, source)
+
+
+def from_lora_adapter(adapter_dir: str | Path, base: nn.Module, *, name: str = "") -> TaskVector:
+    """τ from a PEFT LoRA adapter folder: ΔW = B A · scale for every adapted module, as PEFT computes it.
+
+    The adapter is loaded onto a copy of ``base`` and each LoRA layer's ``get_delta_weight`` is read, so
+    scaling variants (rsLoRA) and GPT-2's transposed Conv1D weights follow PEFT's own definitions.
+    """
+    from peft import PeftConfig, PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise TangentError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    if str(config.peft_type).split(".")[-1].upper() != "LORA":
+        raise TangentError(f"{adapter_dir}: adapter type {config.peft_type} is not LoRA")
+    fingerprint = model_fingerprint(base)
+    work = copy.deepcopy(base)
+    try:
+        peft_model = PeftModel.from_pretrained(work, str(adapter_dir), adapter_name="tv")
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise TangentError(f"{adapter_dir}: adapter does not fit this base model ({str(exc).splitlines()[0]})") from exc
+    deltas: dict[str, torch.Tensor] = {}
+    for mod_name, module in peft_model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "tv" in getattr(module, "lora_A", {}):
+            deltas[f"{mod_name}.weight"] = module.get_delta_weight("tv").detach().float().clone()
+    if not deltas:
+        raise TangentError(f"{adapter_dir}: the adapter adapts no module of this base model")
+    return TaskVector(deltas, fingerprint, base.config.model_type, name or adapter_dir.name, str(adapter_dir),
+                      {"kind": "lora", "r": config.r, "alpha": config.lora_alpha})
