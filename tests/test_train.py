@@ -223,3 +223,22 @@ def test_cli_bad_hyperparameters_are_one_line_exit_2(tmp_path, args, needle):
     res = _cli("--model", "tiny-llama", "--task", str(tmp_path / "t.tsv"), "--out", str(tmp_path / "o"), *args)
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output
+
+
+def test_kernel_rule_caps_the_steps_at_t_hat(tmp_path, data_dir):
+    from tangentft.train.loop import TrainConfig
+    from tangentft.train.run import run_training
+
+    cfg = TrainConfig(model="tiny-llama", task=str(data_dir / "sst2"), method="lora",
+                      method_options={"params": "lora(r=2):q@0"}, n_train=16, max_steps=40, n_eval=8,
+                      lr=1e-3, stop_at="kernel-rule", probe_size=4, optimizer="sgd", loss="mse")
+    summary = run_training(cfg, tmp_path)
+    rule = json.loads((tmp_path / "kernel_rule.json").read_text())
+    assert rule["step_size_from"].startswith("2·lr") and rule["step_size"] == 2e-3
+    assert summary["total_steps"] == max(1, min(40, rule["T_hat"])) == summary["steps"]
+    assert "T̂ =" in (tmp_path / "summary.md").read_text()
+    # a resumed run reads T̂ back instead of recomputing it; a small T̂ cuts the run short
+    capped = tmp_path / "capped"
+    capped.mkdir()
+    (capped / "kernel_rule.json").write_text(json.dumps({**rule, "T_hat": 3}))
+    assert run_training(cfg, capped)["steps"] == 3

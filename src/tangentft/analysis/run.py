@@ -134,24 +134,7 @@ def analyze_kernels(
         out["candidates"] = []
 
     # early stopping (early-stopping paper §3.5)
-    n_rows = spec.eigenvalues.size
-    lam_hat_max = spec.lambda_max / n_rows
-    alpha = float(step_size) if step_size is not None else (1.0 / lam_hat_max if lam_hat_max > 0 else 1.0)
-    est = noise is None
-    if est:
-        # the held-out residual: a near-interpolating fit's in-sample residual badly underestimates the noise
-        noise = math.sqrt(min(cv.cv_mse))
-    # Raskutti et al. assume ‖f*‖_H ≤ 1; dividing Y by R = ‖f*‖_H (estimated by the kernel-ridge solution's
-    # RKHS norm sqrt(αᵀKα)) makes it so, and divides the noise level by R too.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        a = krr.ridge_solve(k_base, (y - f0).reshape(-1) if n_rows != n else (y - f0), cv.sigma)
-    rkhs = float(math.sqrt(max(float(np.sum(a * (k_base @ a))), 0.0)))
-    scaled = float(noise) / rkhs if rkhs > 0 else float(noise)
-    out["stopping"] = stopping.stopping_rule(spec.eigenvalues, alpha, scaled, noise_estimated=est).to_json()
-    out["stopping"]["noise_unscaled"] = float(noise)
-    out["stopping"]["rkhs_norm"] = rkhs
-    out["stopping"]["loss"] = f"mean squared error over the {n_rows} kernel rows, gradient descent with step α"
+    out["stopping"] = stopping.kernel_stopping_rule(k_base, y, f0, step_size=step_size, noise=noise, cv=cv, seed=seed)
 
     # LoRA rank (LoRA-NTK paper): N examples, K outputs
     out["lora_min_rank"] = lora_rank.min_rank(num_out, n)

@@ -121,3 +121,37 @@ def stopping_rule(eigs, step_size: float, noise: float, *, noise_estimated: bool
     lam_ridge = 1.0 / eta if eta > 0 else None
     sig = lam.size * lam_ridge if lam_ridge is not None else None
     return StoppingRule(eps, t_hat, float(step_size), float(noise), noise_estimated, eta, lam_ridge, sig)
+
+
+def kernel_stopping_rule(k, y, f0, *, step_size: float | None = None, noise: float | None = None,
+                         cv=None, seed: int = 0) -> dict:
+    """T̂ and friends for a train kernel and targets: the data-dependent rule of §3.5 as tangentft applies it.
+
+    The default step size is the largest stable one, 1/λ̂max of K/N. The default noise level is the root of
+    the cross-validated kernel-ridge MSE (the held-out residual; an interpolating fit's in-sample residual
+    badly underestimates it). Raskutti et al. assume ‖f*‖_H ≤ 1, so Y and the noise are divided by the
+    RKHS norm sqrt(αᵀKα) of the kernel-ridge solution. ``cv`` reuses a :func:`krr.cv_sigma` result.
+    """
+    from . import krr
+    from .spectrum import spectrum
+
+    y, f0 = np.atleast_2d(y).astype(np.float64), np.atleast_2d(f0).astype(np.float64)
+    n = y.shape[0]
+    spec = spectrum(k)
+    cv = cv if cv is not None else krr.cv_sigma(k, y, f0, folds=min(4, n), seed=seed)
+    n_rows = spec.eigenvalues.size
+    lam_hat_max = spec.lambda_max / n_rows
+    alpha = float(step_size) if step_size is not None else (1.0 / lam_hat_max if lam_hat_max > 0 else 1.0)
+    estimated = noise is None
+    if estimated:
+        noise = math.sqrt(min(cv.cv_mse))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        a = krr.ridge_solve(k, (y - f0).reshape(-1) if n_rows != n else (y - f0), cv.sigma)
+    rkhs = float(math.sqrt(max(float(np.sum(a * (np.asarray(k) @ a))), 0.0)))
+    scaled = float(noise) / rkhs if rkhs > 0 else float(noise)
+    out = stopping_rule(spec.eigenvalues, alpha, scaled, noise_estimated=estimated).to_json()
+    out["noise_unscaled"] = float(noise)
+    out["rkhs_norm"] = rkhs
+    out["loss"] = f"mean squared error over the {n_rows} kernel rows, gradient descent with step α"
+    return out

@@ -51,6 +51,7 @@ def train(
     n_eval: int = typer.Option(128, "--n-eval", help="Evaluation examples from dev/test."),
     eval_every: int = typer.Option(None, "--eval-every", help="Evaluate every K steps (default: 5 evaluations)."),
     early_stop: int = typer.Option(0, "--early-stop", help="Patience (evaluations) on validation loss; 0 = off."),
+    stop_at: str = typer.Option(None, "--stop-at", help="kernel-rule: stop at T̂ of the eNTK early-stopping rule (early-stopping paper §3.5)."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Validation hold-out fraction (default 0.1 with early stop)."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, data order and initialisation."),
     resume: Path = typer.Option(None, "--resume", help="Continue the killed run in this output folder."),
@@ -71,7 +72,7 @@ def train(
             model=model, task=task, method=method, method_options={k: v for k, v in opts.items() if v is not None},
             reg=reg, lam=lam, reg_per_element=reg_per_element, weight_decay=weight_decay, optimizer=optimizer,
             lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, loss=loss,
-            n_train=n_train, n_eval=n_eval, eval_every=eval_every, early_stop=early_stop,
+            n_train=n_train, n_eval=n_eval, eval_every=eval_every, early_stop=early_stop, stop_at=stop_at,
             val_fraction=val_fraction, seed=seed,
         )
         out_dir = out

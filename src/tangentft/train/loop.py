@@ -65,6 +65,7 @@ class TrainConfig:
     probe_size: int = _h("Training examples in the fixed linearization probe set.", 32)
     eval_batch_size: int = _h("Batch size for evaluation.", 32)
     seed: int = _h("Seed for data sampling/order, initialisation and LoRA init.", 0)
+    stop_at: str | None = _h("kernel-rule: stop at T̂ of the eNTK early-stopping rule (early-stopping paper §3.5).", None)
 
     def validate(self) -> None:
         """One clear error for any out-of-range hyper-parameter."""
@@ -74,6 +75,7 @@ class TrainConfig:
             parse_spec(str(self.method_options["params"]))  # unknown module types fail before any loading
         checks = [
             (self.lr > 0, f"learning rate must be positive, got --lr {self.lr}"),
+            (self.stop_at in (None, "kernel-rule"), f"unknown --stop-at '{self.stop_at}': the only rule is kernel-rule"),
             (self.lam >= 0, f"λ must be ≥ 0, got --lam {self.lam}"),
             (self.reg in REG_MODES, f"unknown --reg '{self.reg}': choose from {', '.join(REG_MODES)}"),
             (self.epochs >= 1, f"--epochs must be ≥ 1, got {self.epochs}"),
@@ -198,6 +200,14 @@ class Trainer:
         micro_per_epoch = math.ceil(n / cfg.batch_size)
         steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
+        self.kernel_rule = None
+        if cfg.stop_at == "kernel-rule":
+            from .kernel_rule import kernel_rule
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.kernel_rule = kernel_rule(self.task_model, self.method, self.data.train, optimizer=cfg.optimizer,
+                                           loss=self.loss_name, lr=cfg.lr, seed=cfg.seed, out_dir=self.out)
+            total = max(1, min(total, int(self.kernel_rule["T_hat"])))
         eval_every = cfg.eval_every or max(1, total // 5)
         self.scheduler = warmup_linear(opt, total, cfg.warmup_ratio)
         probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe), theta0)
@@ -290,6 +300,7 @@ class Trainer:
             "restored_best": self.best_state is not None,
             "trainable_params": int(sum(p.numel() for p in params.values())),
             "pull_fraction": self.optimizer.pull_fraction(),
+            "kernel_rule": self.kernel_rule,
             "last": last,
         }
         write_json(self.out / "summary.json", summary)

@@ -30,6 +30,11 @@ def write_summary(out_dir: Path, config: dict, summary: dict, rows: list[dict]) 
         + (" (stopped early)" if summary["stopped_early"] else "")
         + f"; trainable parameters: {summary['trainable_params']:,}",
     ]
+    if summary.get("kernel_rule"):
+        kr = summary["kernel_rule"]
+        lines.append(f"- kernel rule (early-stopping paper §3.5): T̂ = {kr['T_hat']} steps from the eNTK of "
+                     f"{kr['n_kernel']} training examples (critical radius {kr['critical_radius']:.3g}, "
+                     f"step size {kr['step_size_from']})")
     if summary.get("restored_best"):
         lines.append(f"- best weights restored from step {summary['best_step']} (validation loss)")
     lines += ["", "| row | step | train_loss | eval_loss | eval_metric | theta_dist | lin_gap | lin_kl | output_shift |",

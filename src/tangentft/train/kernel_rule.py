@@ -1,0 +1,45 @@
+"""``--stop-at kernel-rule``: stop training at the data-dependent step T̂ read off the eNTK at θ0.
+
+Early-stopping paper §3.5 (eq. 10–11, after Raskutti et al. 2014): for gradient descent with step α on the
+linearized model's mean squared loss, T̂ = ⌊1/(α ε̂²)⌋ with ε̂ the critical radius of the kernel spectrum.
+The kernel is taken w.r.t. exactly the parameters the method trains, on (up to) ``max_examples`` training
+examples. The step size maps the trainer's learning rate when that is exact — SGD on the MSE loss averaged
+over the K outputs moves f by 2·lr·(K/N)(Y − f), so α = 2·lr — and is the largest stable step 1/λ̂max
+otherwise (Adam normalizes its steps, so its lr is no GD step size; the rule is then a heuristic scale).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import TangentError
+from ..io import write_json
+
+FILE = "kernel_rule.json"
+
+
+def kernel_rule(task_model, method, examples, *, optimizer: str, loss: str, lr: float, seed: int,
+                max_examples: int = 64, out_dir: Path | None = None) -> dict:
+    """Compute (or, when ``out_dir`` already holds it from the interrupted run, read back) the rule's T̂."""
+    if out_dir is not None and (Path(out_dir) / FILE).is_file():
+        return json.loads((Path(out_dir) / FILE).read_text())
+    from ..analysis.stopping import kernel_stopping_rule
+    from ..data import sample_n
+    from ..ntk import empirical_ntk
+
+    selection = getattr(method, "selected", None)
+    if selection is None:
+        raise TangentError(f"--stop-at kernel-rule: method '{method.name}' does not expose its parameter selection")
+    xs = sample_n(examples, min(max_examples, len(examples)), seed) if len(examples) > max_examples else list(examples)
+    if len(xs) < 2:
+        raise TangentError("--stop-at kernel-rule needs at least 2 training examples")
+    k = empirical_ntk(task_model, selection, xs, kind="full").matrix
+    y = task_model.targets(xs).numpy()
+    f0 = task_model.predict(xs).numpy()
+    exact = optimizer == "sgd" and loss == "mse"
+    rule = kernel_stopping_rule(k, y, f0, step_size=2 * lr if exact else None, seed=seed)
+    rule.update(n_kernel=len(xs), step_size_from="2·lr (SGD + MSE)" if exact else "1/λ̂max (largest stable GD step)")
+    if out_dir is not None:
+        write_json(Path(out_dir) / FILE, rule)
+    return rule
