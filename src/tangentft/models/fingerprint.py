@@ -1,32 +1,45 @@
-"""A stable fingerprint of a model's base weights, so adapters and kernels can refuse the wrong base."""
+"""Stable fingerprints of model weights, so adapters, task vectors and kernels can refuse the wrong model.
+
+Each tensor contributes its name, shape and the exact bytes of a strided sample of at most 4096 of its
+values: two loads of one checkpoint agree, any re-initialisation or fine-tune disagrees, and hashing a
+135M-parameter model costs milliseconds instead of the seconds full sums take on a busy CPU.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-# Adapter tensors are not part of the base: a fingerprint must not change when LoRA/S2FT is injected.
+# Adapter tensors are not part of the base: a base fingerprint must not change when LoRA/S2FT is injected.
 _ADAPTER_MARKERS = ("lora_", "s2ft_", "modules_to_save")
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """16-hex digest of the architecture name and every base parameter's name, shape and value checksum.
-
-    Checksums are float64 sums over a fixed strided sample of each tensor, so two loads of the same
-    checkpoint agree and any re-initialisation or fine-tune of the base disagrees. PEFT wrapper prefixes
-    (``base_model.model.``) and adapter tensors are ignored.
-    """
-    h = hashlib.sha256()
-    config = getattr(model, "config", None)
-    h.update(str(getattr(config, "model_type", type(model).__name__)).encode())
-    for name, p in model.named_parameters():
-        if any(m in name for m in _ADAPTER_MARKERS):
-            continue
-        name = name.replace("base_model.model.", "").replace(".base_layer", "")
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step].to(torch.float64)
-        h.update(f"{name}:{tuple(p.shape)}:{sample.sum().item():.10e}:{sample.abs().sum().item():.10e}".encode())
+def _digest(named: Iterable[tuple[str, torch.Tensor]], prefix: str) -> str:
+    h = hashlib.sha256(prefix.encode())
+    with torch.no_grad():
+        for name, p in named:
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy()
+            h.update(f"{name}:{tuple(p.shape)}".encode())
+            h.update(sample.tobytes())
     return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of a Hugging Face model's BASE weights: PEFT wrapper prefixes and adapter tensors ignored."""
+    config = getattr(model, "config", None)
+    named = (
+        (name.replace("base_model.model.", "", 1).replace(".base_layer", ""), p)
+        for name, p in model.named_parameters()
+        if not any(m in name for m in _ADAPTER_MARKERS)
+    )
+    return _digest(named, str(getattr(config, "model_type", type(model).__name__)))
+
+
+def state_fingerprint(module: nn.Module, name: str = "") -> str:
+    """Fingerprint of every parameter of ``module`` (adapters and heads included): the exact state a kernel
+    or prediction was computed at."""
+    return _digest(module.named_parameters(), name or type(module).__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field, replace
@@ -12,7 +11,8 @@ import numpy as np
 import torch
 
 from ..errors import TangentError
-from ..io import fingerprint, save_safetensors, write_json
+from ..io import save_safetensors, write_json
+from ..models.fingerprint import state_fingerprint
 
 KINDS = ("full", "traced")
 MATRIX_FILE = "kernel.safetensors"
@@ -137,16 +137,8 @@ class Kernel:
 
 
 def model_fingerprint(task_model) -> str:
-    """Fingerprint of a task model's name and parameters: each tensor's name, shape and the exact bytes of a
-    strided sample of ≤ 4096 of its values (full sums over 135M parameters cost seconds on a busy CPU)."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in task_model.named_parameters():
-            flat = p.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy()
-            h.update(f"{name}:{tuple(p.shape)}".encode())
-            h.update(sample.tobytes())
-    return fingerprint(getattr(task_model, "model_name", type(task_model).__name__), h.hexdigest())
+    """Fingerprint of the exact model state a kernel was computed at (name, adapters and head included)."""
+    return state_fingerprint(task_model, getattr(task_model, "model_name", ""))
 
 
 def sample_ids(examples) -> list[str]:
