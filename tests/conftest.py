@@ -14,6 +14,17 @@ DATA_DIR = Path(os.environ.get("TANGENTFT_DATA", Path(__file__).resolve().parent
 TINY_MODELS = ("tiny-llama", "tiny-bert", "tiny-gpt2")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny matrices: a second thread only adds contention (measured 40x slower on a busy 2-core machine).
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "sst2").is_dir():

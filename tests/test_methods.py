@@ -13,15 +13,6 @@ from tangentft.methods.nuclear_prox import NuclearProxMethod, svt
 from tangentft.train.loop import TrainConfig, TrainData, Trainer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices on a shared 2-core machine: a second thread only adds contention (40x slower here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fit(model_name, method, tmp_path, lr=1e-2, steps=12, **opts):
     tm = tiny_task_model(model_name)
     ex = toy_examples(16, seed=1)

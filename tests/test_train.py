@@ -17,15 +17,6 @@ from tangentft.train.regularization import PullToInit
 from tangentft.train.schedule import warmup_linear_factor
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices on a shared 2-core machine: a second thread only adds contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- the pull toward θ0 --------------------------------------------------------------------------------------
 def _toy_problem(seed=0):
     """Four tensors moved away from θ0 and a loss whose gradient agrees with θ − θ0 on some, not others."""
