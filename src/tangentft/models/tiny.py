@@ -12,7 +12,7 @@ import torch
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from .registry import minilm_dir
+    from .packages import minilm_dir
 
     return AutoTokenizer.from_pretrained(str(minilm_dir()))
 
