@@ -9,6 +9,7 @@ then writes sweep.json (final metrics per λ) and sweep.png (θ-distance and lin
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     result = {"model": args.model, "task": args.task, "params": args.params, "n_train": args.n_train,
               "max_steps": args.max_steps, "lr": args.lr, "total_wall_s": time.perf_counter() - t0,
-              "theta_dist_decreasing": all(a["theta_dist"] >= b["theta_dist"] for a, b in zip(rows, rows[1:])),
+              "theta_dist_decreasing": all(a["theta_dist"] >= b["theta_dist"] for a, b in itertools.pairwise(rows)),
               "rows": rows}
     write_json(args.out / "sweep.json", result)
     plot(rows, args.out / "sweep.png")
