@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from conftest import tiny_task_model, toy_examples
 
 ALL_TYPES = {

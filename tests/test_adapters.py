@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from conftest import tiny_task_model
 from s2ft_helpers import batch, s2ft_model
-
 from tangentft.adapters import (
     MultiAdapter,
     SparseAdapter,
@@ -152,3 +152,44 @@ def test_mixed_adapter_batch_equals_each_alone(name):
         assert (alone(**one) - mixed[i]).abs().max() <= 1e-5, (i, k)
     # hooks removed: the model is the plain base again
     assert torch.equal(served(**enc), tiny_task_model(name)(**enc))
+
+
+def test_cli_select_fuse_inspect_merge(tmp_path):
+    from typer.testing import CliRunner
+
+    from tangentft.cli.main import app
+    from tangentft.models.registry import load_model
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["s2ft", "select", "tiny-llama", "--types", "o:0.5,down:0.25", "-s", "W",
+                              "--out", str(tmp_path / "sel.json")])
+    assert res.exit_code == 0, res.output
+    assert "trainable" in res.output and (tmp_path / "sel.json").is_file()
+    for seed in (1, 2):
+        tm, pm = s2ft_model("tiny-llama", {"down": 0.25}, seed=seed, delta_seed=seed)
+        pm.save_pretrained(str(tmp_path / f"a{seed}"))
+    res = runner.invoke(app, ["s2ft", "fuse", str(tmp_path / "a1"), str(tmp_path / "a2"), "-w", "0.5,0.5",
+                              "-o", str(tmp_path / "fused")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["s2ft", "inspect", str(tmp_path / "fused"), "-m", "tiny-llama"])
+    assert res.exit_code == 0 and "fits tiny-llama" in res.output, res.output
+    res = runner.invoke(app, ["s2ft", "merge", str(tmp_path / "a1"), "-m", "tiny-llama", "-o", str(tmp_path / "merged")])
+    assert res.exit_code == 0, res.output
+    merged = load_model(str(tmp_path / "merged"))
+    expected = tiny_task_model("tiny-llama")
+    merge(expected, load_adapter(tmp_path / "a1"))
+    for (n, a), (_, b) in zip(merged.model.state_dict().items(), expected.hf.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_cli_wrong_base_is_one_line_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from tangentft.cli.main import app
+
+    _, pm = s2ft_model("tiny-bert", delta_seed=1)
+    pm.save_pretrained(str(tmp_path / "a"))
+    res = CliRunner().invoke(app, ["s2ft", "inspect", str(tmp_path / "a"), "-m", "tiny-llama"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["s2ft", "fuse", str(tmp_path / "missing"), "-o", str(tmp_path / "f")])
+    assert res.exit_code == 2 and "not an adapter folder" in res.output

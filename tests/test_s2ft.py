@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from conftest import TINY_MODELS, tiny_task_model, toy_examples
 from s2ft_helpers import ALL_TYPES, batch, s2ft_model
-
 from tangentft.errors import TangentError
 from tangentft.methods.s2ft import S2FTConfig, S2FTLayer, S2FTMethod, select
 from tangentft.methods.s2ft.method import S2FTMethodConfig

@@ -9,7 +9,7 @@ import typer
 # Model loading must never reach for a hub at run time unless the user passes a hub id while online.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from . import data_cmd, models_cmd  # noqa: E402
+from . import data_cmd, models_cmd, s2ft_cmd  # noqa: E402
 
 app = typer.Typer(
     help="tangentft — predictable, cheap fine-tuning: eNTK analysis, LoRA/S2FT/linearized training, adapters.",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(s2ft_cmd.app, name="s2ft")
 
 
 def main() -> None:

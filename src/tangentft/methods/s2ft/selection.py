@@ -33,7 +33,7 @@ from torch import nn
 
 from ...errors import TangentError
 from ...models.structure import StructureMap
-from .config import ATTN_TYPES, FFN_TYPES, S2FTConfig
+from .config import ATTN_TYPES, S2FTConfig
 
 COLUMN_TYPES = ("o", "down")  # the input-side member of each coupled pair
 
