@@ -68,7 +68,7 @@ def base_fingerprint(hf: nn.Module, paths: list[str]) -> str:
             if t is None:
                 continue
             h.update(f"{path}:{tuple(t.shape)}".encode())
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            h.update(t.detach().float().cpu().contiguous().numpy().data)  # hashed in place, no byte copy
     return h.hexdigest()
 
 

@@ -75,6 +75,7 @@ def apply(hf: nn.Module, perms: dict[str, ModulePermutation], inverse: bool = Fa
         module = hf.get_submodule(perm.path)
         index = perm.inverse if inverse else perm.index
         index = index.to(module.weight.device)
-        module.weight.data = module.weight.data.index_select(perm.axis, index)
+        # in place: the weights keep their storage (no second copy of every permuted matrix stays resident)
+        module.weight.data.copy_(module.weight.data.index_select(perm.axis, index))
         if perm.bias:
-            module.bias.data = module.bias.data.index_select(0, index)
+            module.bias.data.copy_(module.bias.data.index_select(0, index))
