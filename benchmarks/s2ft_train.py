@@ -6,8 +6,8 @@ Batch 4 × 128 tokens through the TaskModel (f(x) = label-word logits, cross-ent
 method — ``full`` (every parameter), ``lora`` (PEFT LoRA on the same modules S2FT adapts, rank chosen so the
 trainable count ≈ S2FT's), ``s2ft`` (S2FT with the partial-backprop autograd Function) and ``s2ft_nopb`` (the
 same S2FT layers with plain autograd, whose slice x[..., :n] is a view keeping the whole input alive) —
-each in its own subprocess so peak RSS is per method: median step time after warm-up, peak RSS, and the
-RSS growth over the loaded model. Keys ``<method>_step_s``, ``<method>_peak_gb``, ``<method>_trainable``
+each in its own subprocess so peak RSS is per method: median step time after warm-up (the best of
+``--rounds`` runs made in alternating order), peak RSS, and the RSS growth over the loaded model. Keys ``<method>_step_s``, ``<method>_peak_gb``, ``<method>_trainable``
 (+ ``<method>_train_extra_gb``); targets: s2ft step ≤ 0.7× full and ≤ 0.85× lora, s2ft peak ≤ 0.8× lora.
 Timings on a shared CPU are noisy: compare ratios within one run.
 """
@@ -105,8 +105,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="Runs per method, in alternating order")
     ap.add_argument("--types", default="o:0.1,down:0.1", help="S2FT module types and ratios")
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: matched to S2FT's trainable count)")
     ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
@@ -121,7 +122,9 @@ def main() -> None:
                      "threads": os.cpu_count(), "note": "CPU; shared machine, timings noisy; compare ratios"}
     methods = args.methods.split(",")
     order = [m for m in ("s2ft", "s2ft_nopb", "full", "lora") if m in methods]
-    for m in order:
+    rounds: list[tuple[str, dict]] = []
+    # rounds alternate the order so a load change on the shared machine does not favour one method
+    for m in [m for k in range(args.rounds) for m in (order if k % 2 == 0 else order[::-1])]:
         if m == "lora" and args.lora_r is None:
             # match LoRA's trainable count to S2FT's: r (d_in + d_out) per adapted module
             s2 = results.get("s2ft_trainable")
@@ -135,11 +138,13 @@ def main() -> None:
             cmd += ["--lora-r", str(args.lora_r)]
         print(f"[{m}] running …", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
-        results.update(json.loads(Path(child_out).read_text()))
+        one = json.loads(Path(child_out).read_text())
         os.unlink(child_out)
+        rounds.append((m, one))
+        results.update(_combine(m, [r for name, r in rounds if name == m]))
         if m == "s2ft" and "_lora_per_rank" not in results:
             results["_lora_per_rank"] = _lora_per_rank(args.model, roles)
-        print(f"[{m}] {json.dumps({k: v for k, v in results.items() if k.startswith(m + '_')})}", file=sys.stderr)
+        print(f"[{m}] {json.dumps(one)}", file=sys.stderr)
     results.pop("_lora_per_rank", None)
     results["lora_r"] = args.lora_r
     if {"s2ft", "full", "lora"} <= set(methods):
@@ -158,6 +163,18 @@ def main() -> None:
 
     write_json(args.out, results)
     print(json.dumps(results, indent=2))
+
+
+def _combine(method: str, runs: list[dict]) -> dict:
+    """One method's runs: the fastest round's median step time, the largest peak, every round's median."""
+    out = {
+        f"{method}_step_s": min(r[f"{method}_step_s"] for r in runs),
+        f"{method}_peak_gb": max(r[f"{method}_peak_gb"] for r in runs),
+        f"{method}_train_extra_gb": max(r[f"{method}_train_extra_gb"] for r in runs),
+        f"{method}_trainable": runs[0][f"{method}_trainable"],
+        f"{method}_step_s_rounds": [r[f"{method}_step_s"] for r in runs],
+    }
+    return out
 
 
 def _lora_per_rank(model: str, roles: list[str]) -> int:
