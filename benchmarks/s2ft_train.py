@@ -8,7 +8,8 @@ trainable count ≈ S2FT's), ``s2ft`` (S2FT with the partial-backprop autograd F
 same S2FT layers with plain autograd, whose slice x[..., :n] is a view keeping the whole input alive) —
 each in its own subprocess so peak RSS is per method: median step time after warm-up (the best of
 ``--rounds`` runs made in alternating order), peak RSS, and the RSS growth over the loaded model. Keys ``<method>_step_s``, ``<method>_peak_gb``, ``<method>_trainable``
-(+ ``<method>_train_extra_gb``); targets: s2ft step ≤ 0.7× full and ≤ 0.85× lora, s2ft peak ≤ 0.8× lora.
+(+ ``<method>_train_extra_gb``, and ``<method>_saved_gb``: the activations autograd saves for backward in one
+step, counted exactly with saved-tensor hooks — RSS peaks on a shared machine move by ±0.2 GB); targets: s2ft step ≤ 0.7× full and ≤ 0.85× lora, s2ft peak ≤ 0.8× lora.
 Timings on a shared CPU are noisy: compare ratios within one run.
 """
 
@@ -48,6 +49,27 @@ def _plain_autograd(x, weight, bias, delta, transposed, mode, segments):
     return y + sum(parts)
 
 
+def _saved_activation_gb(loss_fn) -> float:
+    """Bytes autograd keeps for backward in one forward (distinct storages, parameters excluded), in GB.
+
+    Deterministic, unlike RSS on a busy machine: this is the quantity partial back-propagation reduces.
+    """
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    loss.backward()
+    return sum(storages.values()) / 1024**3
+
+
 def run_one(method: str, args) -> dict:
     import torch
 
@@ -55,6 +77,7 @@ def run_one(method: str, args) -> dict:
     from tangentft.data.types import TaskSpec
     from tangentft.models.task_model import build_task_model
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     spec = TaskSpec("sst2", "classification", "Review: {sentence}\nSentiment:", [" negative", " positive"])
     tm = build_task_model(args.model, spec, seed=0)
@@ -91,7 +114,9 @@ def run_one(method: str, args) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
     peak = _rss_gb()
+    saved = _saved_activation_gb(lambda: torch.nn.functional.cross_entropy(tm(ids, mask), labels))
     return {
+        f"{method}_saved_gb": saved,
         f"{method}_step_s": statistics.median(times),
         f"{method}_peak_gb": peak,
         f"{method}_train_extra_gb": peak - loaded_gb,
@@ -110,6 +135,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="Runs per method, in alternating order")
     ap.add_argument("--types", default="o:0.1,down:0.1", help="S2FT module types and ratios")
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: matched to S2FT's trainable count)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 1 by default: on an oversubscribed machine OpenMP workers spin and a "
+                    "2-thread step varies 10x between runs")
     ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
@@ -119,7 +147,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(run_one(args.only, args)))
         return
     results: dict = {"model": args.model, "batch": args.batch, "tokens": args.tokens, "s2ft_types": args.types,
-                     "threads": os.cpu_count(), "note": "CPU; shared machine, timings noisy; compare ratios"}
+                     "threads": args.threads, "note": "CPU; shared machine, timings noisy; compare ratios"}
     methods = args.methods.split(",")
     order = [m for m in ("s2ft", "s2ft_nopb", "full", "lora") if m in methods]
     rounds: list[tuple[str, dict]] = []
@@ -133,7 +161,7 @@ def main() -> None:
             child_out = fh.name
         cmd = [sys.executable, __file__, "--model", args.model, "--out", child_out, "--only", m,
                "--batch", str(args.batch), "--tokens", str(args.tokens), "--warmup", str(args.warmup),
-               "--steps", str(args.steps), "--types", args.types]
+               "--steps", str(args.steps), "--types", args.types, "--threads", str(args.threads)]
         if m == "lora":
             cmd += ["--lora-r", str(args.lora_r)]
         print(f"[{m}] running …", file=sys.stderr, flush=True)
@@ -153,6 +181,7 @@ def main() -> None:
         r["ratio_step_s2ft_over_lora"] = r["s2ft_step_s"] / r["lora_step_s"]
         r["ratio_peak_s2ft_over_lora"] = r["s2ft_peak_gb"] / r["lora_peak_gb"]
         r["ratio_extra_s2ft_over_lora"] = r["s2ft_train_extra_gb"] / max(r["lora_train_extra_gb"], 1e-9)
+        r["ratio_saved_s2ft_over_lora"] = r["s2ft_saved_gb"] / r["lora_saved_gb"]
         r["targets_met"] = {
             "step_vs_full<=0.7": r["ratio_step_s2ft_over_full"] <= 0.7,
             "step_vs_lora<=0.85": r["ratio_step_s2ft_over_lora"] <= 0.85,
@@ -172,6 +201,7 @@ def _combine(method: str, runs: list[dict]) -> dict:
         f"{method}_peak_gb": max(r[f"{method}_peak_gb"] for r in runs),
         f"{method}_train_extra_gb": max(r[f"{method}_train_extra_gb"] for r in runs),
         f"{method}_trainable": runs[0][f"{method}_trainable"],
+        f"{method}_saved_gb": runs[0][f"{method}_saved_gb"],
         f"{method}_step_s_rounds": [r[f"{method}_step_s"] for r in runs],
     }
     return out
