@@ -83,7 +83,9 @@ def main() -> None:
     ap.add_argument("--sparsity", type=int, default=32)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=41)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     dims = [int(x) for x in args.dims.split(",")]
     res: dict[str, list[float]] = {k: [] for k in ("s2ft", "s2ft_min", "cols", "cols_min", "lora", "lora_min")}
     for d in dims:
