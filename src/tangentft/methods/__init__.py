@@ -17,4 +17,4 @@ def parameterize(task_model, spec: str, *, seed: int = 0, init_b: str = "zero") 
 
 
 # Importing a method module registers it (tangentft.methods.base.METHODS); the trainer and CLI list these.
-from . import full, head, linearized, lora, nuclear_prox  # noqa: E402, F401
+from . import full, head, linearized, lora, nuclear_prox, s2ft  # noqa: E402, F401

@@ -92,6 +92,10 @@ class FineTuneMethod(ABC):
         parameters this method trains have ``requires_grad=True``.
         """
 
+    def bind_data(self, examples: list) -> None:  # noqa: B027
+        """Receive the training examples before :meth:`prepare`, for methods whose parameter selection is
+        data-dependent (S2FT's activation/gradient strategies). Default: not needed."""
+
     def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Name -> parameter for everything that trains (default: all with ``requires_grad``)."""
         return {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -188,6 +188,7 @@ class Trainer:
         checkpoint in ``out_dir`` and ends bit-identical (on CPU) to an uninterrupted run."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
+        self.method.bind_data(self.data.train)
         self.model = self.method.prepare(self.task_model)
         self.model.eval()  # dropout off: see the module docstring
         params = self.method.trainable_parameters(self.model)

@@ -1,0 +1,13 @@
+"""Sparse adapters after training (S2FT paper §6.2): extract, merge/unmerge exactly, fuse, switch, and serve
+several adapters in one batch. An adapter is ΔW on selected rows/columns of the ORIGINAL base weights."""
+
+from .fuse import FusionReport, fuse
+from .merge import MergeRecord, check_base, merge, unmerge
+from .multi import MultiAdapter
+from .sparse import SparseAdapter, SparseDelta, extract, extract_diff, load_adapter, save_adapter
+from .switch import switch
+
+__all__ = [
+    "FusionReport", "MergeRecord", "MultiAdapter", "SparseAdapter", "SparseDelta", "check_base", "extract",
+    "extract_diff", "fuse", "load_adapter", "merge", "save_adapter", "switch", "unmerge",
+]

@@ -1,0 +1,170 @@
+"""``tangentft s2ft``: choose S2FT selections and work with sparse adapters (inspect, fuse, merge)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import TangentError
+from .common import console, friendly, progress
+
+app = typer.Typer(help="S2FT selections and sparse adapters.", no_args_is_help=True)
+
+
+@app.command("select")
+@friendly
+def select_cmd(
+    model: str = typer.Argument(..., help="Model name (registry) or folder."),
+    types: str = typer.Option("o:0.1,down:0.1", "--types", help="Module types and ratios, e.g. 'o:0.1,down:0.05'."),
+    budget: int = typer.Option(None, "--budget", help="Total trainable parameters (replaces the ratios)."),
+    strategy: str = typer.Option("R", "--strategy", "-s", help="R, W, A, S or G (S2FT paper §3.2)."),
+    variant: str = typer.Option("large", "--variant", help="large | small scores."),
+    seed: int = typer.Option(0, "--seed"),
+    task: str = typer.Option(None, "--task", help="Task folder calibrating strategies A, S and G."),
+    calibration_size: int = typer.Option(64, "--calibration-size", help="Calibration examples (A, S, G)."),
+    out: Path = typer.Option(None, "--out", help="Write the selection JSON here (usable as S2FTConfig.selection)."),
+) -> None:
+    """Rank heads/channels per layer and show what S2FT would train."""
+    from ..io import write_json
+    from ..methods.s2ft import describe, select
+    from ..methods.s2ft.method import S2FTMethodConfig, task_calibration
+
+    cfg = S2FTMethodConfig(types=types, budget=budget, strategy=strategy, variant=variant, seed=seed,
+                           calibration_size=calibration_size).to_peft()
+    calibration = None
+    if cfg.needs_calibration:
+        if not task:
+            raise TangentError(f"strategy {strategy} needs --task (a task folder to calibrate on)")
+        from ..data import load_task, sample_n
+        from ..models.task_model import build_task_model
+
+        data = load_task(task)
+        with console.status(f"loading {model}"):
+            tm = build_task_model(model, data.spec, seed=seed)
+        train = data.splits.get("train") or next(iter(data.splits.values()))
+        batches = task_calibration(tm, sample_n(list(train), min(calibration_size, len(train)), seed=seed))
+        hf, smap = tm.hf, tm.structure
+        bar = progress()
+        task_id = bar.add_task(f"calibrating ({strategy})", total=len(batches))
+
+        def ticking(run):
+            def wrapped():
+                loss = run()
+                bar.advance(task_id)
+                return loss
+
+            return wrapped
+
+        calibration = [ticking(b) for b in batches]
+        with bar:
+            selection = select(hf, smap, cfg, calibration)
+    else:
+        from ..models.registry import load_model
+
+        with console.status(f"loading {model}"):
+            loaded = load_model(model, seed=seed)
+        hf, smap = loaded.model, loaded.structure
+        selection = select(hf, smap, cfg)
+    table = Table(title=f"S2FT selection ({strategy}, {variant})")
+    table.add_column("layer", justify="right")
+    for s in ("attention", "ffn"):
+        if s in selection:
+            table.add_column("KV groups" if s == "attention" else "FFN channels")
+    n_layers = smap.num_layers
+    for layer in range(n_layers):
+        row = [str(layer)]
+        for s in ("attention", "ffn"):
+            if s in selection:
+                units = selection[s][layer]
+                row.append(", ".join(map(str, units[:12])) + (" …" if len(units) > 12 else ""))
+        table.add_row(*row)
+    console.print(table)
+    console.print(describe(smap, selection))
+    if out:
+        write_json(out, selection)
+        console.print(f"wrote {out}")
+
+
+@app.command("inspect")
+@friendly
+def inspect_cmd(
+    adapter: Path = typer.Argument(..., help="Adapter folder (S2FT save_pretrained or tangentft s2ft fuse output)."),
+    model: str = typer.Option(None, "--model", "-m", help="Check the adapter's base fingerprint against this model."),
+) -> None:
+    """Modules, axes, sizes and fingerprints of a sparse adapter; optionally check it fits a base model."""
+    from ..adapters import check_base, load_adapter
+
+    a = load_adapter(adapter)
+    table = Table(title=f"adapter {a.name}: {a.numel:,} values")
+    for c in ("module", "axis", "rows/cols", "values"):
+        table.add_column(c)
+    for d in a.deltas:
+        table.add_row(d.path, "rows" if d.axis == 0 else "cols", str(d.index.numel()), f"{d.numel:,}")
+    console.print(table)
+    for paths, fp in a.fingerprints:
+        console.print(f"base fingerprint {fp} over {len(paths)} modules")
+    if model:
+        from ..models.registry import load_model
+
+        with console.status(f"loading {model}"):
+            loaded = load_model(model)
+        check_base(loaded.model, a)
+        console.print(f"[green]fits {model}[/]")
+
+
+@app.command("fuse")
+@friendly
+def fuse_cmd(
+    adapters: list[Path] = typer.Argument(..., help="Adapter folders to fuse."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the fused adapter."),
+    weights: str = typer.Option(None, "--weights", "-w", help="Comma-separated weights, one per adapter (default 1)."),
+) -> None:
+    """Σ w_i ΔW_i as one sparse adapter; overlapping rows/columns are combined and reported."""
+    from ..adapters import fuse, load_adapter, save_adapter
+
+    ws = None
+    if weights:
+        try:
+            ws = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise TangentError(f"--weights '{weights}': expected comma-separated numbers") from None
+    fused, report = fuse([load_adapter(p) for p in adapters], ws, name=out.name)
+    save_adapter(fused, out)
+    for line in report.lines():
+        console.print(f"[yellow]overlap[/] {line}")
+    console.print(f"fused {len(adapters)} adapters -> {out} ({fused.numel:,} values, {report.total:,} overlapping entries)")
+
+
+@app.command("merge")
+@friendly
+def merge_cmd(
+    adapters: list[Path] = typer.Argument(..., help="Adapter folders to merge into the base."),
+    model: str = typer.Option(..., "--model", "-m", help="Base model the adapters were trained on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged Hugging Face model (must not exist)."),
+) -> None:
+    """Merge sparse adapters into the base (fingerprint checked) and save a standalone model folder."""
+    from ..adapters import load_adapter, merge
+    from ..models.registry import load_model
+
+    if out.exists():
+        raise TangentError(f"--out {out} already exists; choose a new folder")
+    loaded_adapters = [load_adapter(p) for p in adapters]
+    with console.status(f"loading {model}"):
+        loaded = load_model(model)
+    merge(loaded.model, loaded_adapters)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with console.status(f"saving {out}"):
+            loaded.model.save_pretrained(str(tmp))
+            loaded.tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    console.print(f"merged {', '.join(a.name for a in loaded_adapters)} into {model} -> {out}")

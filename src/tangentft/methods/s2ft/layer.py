@@ -1,0 +1,190 @@
+"""The S2FT layer: frozen base weight + a separate trainable delta on one contiguous slice, with partial backprop.
+
+After co-permutation the trained rows (q/k/v/gate/up) or columns (o/down) of a matrix are a leading slice,
+so the update is a small dense tensor ``delta``:
+
+* row mode:    y = x Wᵀ + b, then y[:, s:s+n] += x Δᵀ         (Δ: n × in; GPT-2 c_attn may hold several segments)
+* column mode: y = x Wᵀ + b + x[:, :n] Δᵀ                     (Δ: out × n)
+
+:class:`S2FTFunction` is the partial back-propagation of the S2FT paper (§3.3): it saves only what ∂L/∂Δ
+needs — the input slice x[:, :n] in column mode (a copy of n/in of the activation, so the full input is not
+kept alive by a view), the input in row mode — and returns a real gradient for Δ, so any torch optimizer,
+gradient accumulation and DDP work unchanged. The forward never materializes W + Δ.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """Where a module's delta lives: ``mode`` row|col, ``segments`` [(start, n)] in nn.Linear orientation.
+
+    ``transposed`` marks GPT-2 Conv1D weights stored (in, out). ``original_index`` holds, for each delta
+    row (row mode) or column (col mode), its index along the native weight axis ``axis`` in the ORIGINAL
+    (unpermuted) base — what a saved adapter is expressed against.
+    """
+
+    mode: str
+    segments: tuple[tuple[int, int], ...]
+    transposed: bool
+    original_index: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        """Rows (row mode) or columns (col mode) of the delta."""
+        return sum(n for _, n in self.segments)
+
+    @property
+    def axis(self) -> int:
+        """Axis of the native weight tensor the delta indexes."""
+        row_axis = 1 if self.transposed else 0
+        return row_axis if self.mode == "row" else 1 - row_axis
+
+    def positions(self) -> torch.Tensor:
+        """Current (permuted) indices along ``axis`` that the delta covers, in delta order."""
+        return torch.cat([torch.arange(s, s + n) for s, n in self.segments])
+
+    def to_native(self, delta: torch.Tensor) -> torch.Tensor:
+        """Delta (linear orientation) -> values shaped like ``W.index_select(axis, positions)``."""
+        return delta.t() if self.transposed else delta
+
+    def from_native(self, values: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_native`."""
+        return values.t() if self.transposed else values
+
+
+class S2FTFunction(torch.autograd.Function):
+    """y = base(x) + the delta's contribution; backward saves/uses only the slice the delta needs."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, delta, transposed: bool, mode: str, segments):
+        w = weight.t() if transposed else weight
+        y = F.linear(x, w, bias)
+        need_delta_grad = ctx.needs_input_grad[3]
+        if mode == "col":
+            xs = x[..., : delta.shape[1]]
+            y += F.linear(xs, delta)
+            # a contiguous copy: a view would keep the whole input alive until backward
+            saved = xs.contiguous() if need_delta_grad else None
+        else:
+            off = 0
+            for start, n in segments:
+                y[..., start : start + n] += F.linear(x, delta[off : off + n])
+                off += n
+            saved = x if need_delta_grad else None
+        ctx.save_for_backward(saved, weight, delta)
+        ctx.transposed, ctx.mode, ctx.segments = transposed, mode, segments
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        saved, weight, delta = ctx.saved_tensors
+        w = weight.t() if ctx.transposed else weight
+        gx = gd = None
+        if ctx.mode == "col":
+            n = delta.shape[1]
+            if ctx.needs_input_grad[0]:
+                gx = g.matmul(w)
+                gx[..., :n] += g.matmul(delta)
+            if ctx.needs_input_grad[3]:
+                gd = g.reshape(-1, g.shape[-1]).t().matmul(saved.reshape(-1, n))
+        else:
+            g_sel = torch.cat([g[..., s : s + n] for s, n in ctx.segments], dim=-1)
+            if ctx.needs_input_grad[0]:
+                gx = g.matmul(w)
+                gx += g_sel.matmul(delta)
+            if ctx.needs_input_grad[3]:
+                gd = g_sel.reshape(-1, g_sel.shape[-1]).t().matmul(saved.reshape(-1, saved.shape[-1]))
+        return gx, None, None, gd, None, None, None
+
+
+class S2FTLayer(nn.Module, BaseTunerLayer):
+    """PEFT tuner layer wrapping an nn.Linear or GPT-2 Conv1D with one S2FT delta per adapter name."""
+
+    adapter_layer_names = ("s2ft_delta",)
+    other_param_names = ("s2ft_spec",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, spec: SliceSpec):
+        super().__init__()
+        self.base_layer = base_layer
+        self.s2ft_delta = nn.ParameterDict({})
+        self.s2ft_spec: dict[str, SliceSpec] = {}
+        self._merge_backup: dict[str, torch.Tensor] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, spec)
+
+    def update_layer(self, adapter_name: str, spec: SliceSpec) -> None:
+        """Create the zero-initialized delta for ``adapter_name`` (so the adapter starts as a no-op)."""
+        w = self.get_base_layer().weight
+        out_f, in_f = (w.shape[1], w.shape[0]) if spec.transposed else tuple(w.shape)
+        shape = (spec.size, in_f) if spec.mode == "row" else (out_f, spec.size)
+        self.s2ft_delta[adapter_name] = nn.Parameter(torch.zeros(shape, dtype=w.dtype, device=w.device))
+        self.s2ft_spec[adapter_name] = spec
+        self.set_adapter(self.active_adapters)
+
+    def _active(self) -> str | None:
+        names = [a for a in self.active_adapters if a in self.s2ft_delta]
+        return names[0] if names else None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        name = self._active()
+        if self.merged or name is None:
+            return self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        spec = self.s2ft_spec[name]
+        delta = self.s2ft_delta[name]
+        return S2FTFunction.apply(x.to(delta.dtype), base.weight, base.bias, delta, spec.transposed, spec.mode, spec.segments)
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add the delta into the base weight slice; the slice's old values are kept for an exact unmerge."""
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.s2ft_delta:
+                continue
+            spec = self.s2ft_spec[name]
+            w = self.get_base_layer().weight
+            pos = spec.positions().to(w.device)
+            values = spec.to_native(self.s2ft_delta[name]).to(w.dtype)
+            self._merge_backup[name] = w.data.index_select(spec.axis, pos)
+            merged = w.data.index_select(spec.axis, pos) + values
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights of S2FT adapter {name}")
+            w.data.index_copy_(spec.axis, pos, merged)
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the saved slices: the base weight is bit-for-bit what it was before :meth:`merge`."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            spec = self.s2ft_spec[name]
+            w = self.get_base_layer().weight
+            w.data.index_copy_(spec.axis, spec.positions().to(w.device), self._merge_backup.pop(name))
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The dense ΔW (native layout, permuted coordinates) — for inspection; forward never builds it."""
+        spec = self.s2ft_spec[adapter_name]
+        w = self.get_base_layer().weight
+        dense = torch.zeros_like(w)
+        dense.index_copy_(spec.axis, spec.positions().to(w.device), spec.to_native(self.s2ft_delta[adapter_name]))
+        return dense
+
+    def __repr__(self) -> str:
+        return "s2ft." + super().__repr__()

@@ -1,0 +1,141 @@
+"""S2FTMethod: the trainer-facing wrapper (``--method s2ft``) around the PEFT S2FT tuner.
+
+``prepare(task_model)`` ranks units (calibrating on task examples for strategies A/S/G), injects the S2FT
+adapter into ``task_model.hf`` through ``get_peft_model`` (the PeftModel is kept as
+``task_model.peft_model``, like LoRA), freezes everything but the deltas (and the encoder's new task head,
+unless ``params`` says otherwise) and returns the task model. ``save`` writes the PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.types import Example
+from ...errors import TangentError
+from ...io import save_safetensors
+from ..base import FineTuneMethod, MethodConfig, register_method
+from .config import S2FTConfig
+from .selection import select
+
+
+def parse_ratios(text: str) -> dict[str, float]:
+    """``"o:0.1,down:0.05"`` -> {"o": 0.1, "down": 0.05} (a bare type means ratio 0.1)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition(":")
+        try:
+            out[name.strip()] = float(value) if value else 0.1
+        except ValueError:
+            raise TangentError(f"S2FT types '{text}': ratio '{value}' of '{name}' is not a number") from None
+    return out
+
+
+@dataclass
+class S2FTMethodConfig(MethodConfig):
+    """Options of ``--method s2ft`` (the S2FT paper's defaults: o and down, random selection)."""
+
+    types: str = field(default="o:0.1,down:0.1", metadata={"help": "Module types and ratios, e.g. 'o:0.1,down:0.05'."})
+    budget: int | None = field(default=None, metadata={"help": "Total trainable parameters (replaces the ratios)."})
+    strategy: str = field(default="R", metadata={"help": "Selection strategy R, W, A, S or G (S2FT paper §3.2)."})
+    variant: str = field(default="large", metadata={"help": "Pick largest or smallest scores: large | small."})
+    calibration_size: int = field(default=64, metadata={"help": "Calibration examples for strategies A, S, G."})
+    calibration_task: str | None = field(
+        default=None, metadata={"help": "Task folder whose train split calibrates A/S/G (default: examples the trainer sets)."}
+    )
+
+    def to_peft(self) -> S2FTConfig:
+        """The PEFT config these options describe."""
+        return S2FTConfig(
+            ratios=parse_ratios(self.types), budget=self.budget, strategy=self.strategy, variant=self.variant,
+            seed=self.seed, calibration_size=self.calibration_size,
+        )
+
+
+def task_calibration(task_model, examples: Sequence[Example], batch_size: int = 8) -> list:
+    """Zero-argument closures, one per batch, each returning the task loss (CE or MSE) of ``task_model``."""
+    def make(batch):
+        def run() -> torch.Tensor:
+            out = task_model(**task_model.encode(batch))
+            y = task_model.targets(batch).to(out.dtype)
+            if task_model.spec.kind == "regression":
+                return F.mse_loss(out, y)
+            return F.cross_entropy(out, y.argmax(dim=1))
+
+        return run
+
+    return [make(list(examples[i : i + batch_size])) for i in range(0, len(examples), batch_size)]
+
+
+@register_method
+class S2FTMethod(FineTuneMethod):
+    """Structured sparse fine-tuning (S2FT paper): trains selected heads/channels through a PEFT adapter."""
+
+    name = "s2ft"
+    config_class = S2FTMethodConfig
+
+    def __init__(self, config: S2FTMethodConfig | None = None, calibration: Sequence[Example] | None = None):
+        super().__init__(config)
+        # the trainer may hand over training examples for A/S/G instead of a calibration_task folder
+        self.calibration = list(calibration) if calibration is not None else None
+
+    def bind_data(self, examples: list) -> None:
+        """Training examples calibrate strategies A/S/G unless a ``calibration_task`` was given."""
+        if self.calibration is None:
+            self.calibration = list(examples)
+
+    def _calibration_examples(self, peft_config: S2FTConfig) -> list[Example]:
+        from ...data import load_task, sample_n
+
+        examples = self.calibration
+        if examples is None:
+            if not self.config.calibration_task:
+                raise TangentError(
+                    f"S2FT strategy {peft_config.strategy} needs calibration data: set calibration_task to a task folder"
+                )
+            data = load_task(self.config.calibration_task)
+            examples = data.splits.get("train") or next(iter(data.splits.values()))
+        n = min(peft_config.calibration_size, len(examples))
+        return sample_n(list(examples), n, seed=self.config.seed)
+
+    def prepare(self, task_model: nn.Module) -> nn.Module:
+        """Select, inject the S2FT adapter into ``task_model.hf``, freeze the rest; returns ``task_model``."""
+        from peft import get_peft_model
+
+        if getattr(task_model, "peft_model", None) is not None:
+            raise TangentError("this task model already carries a PEFT adapter")
+        peft_config = self.config.to_peft()
+        calibration = None
+        if peft_config.needs_calibration:
+            calibration = task_calibration(task_model, self._calibration_examples(peft_config))
+        peft_config.selection = select(task_model.hf, task_model.structure, peft_config, calibration)
+        peft_model = get_peft_model(task_model.hf, peft_config)
+        object.__setattr__(task_model, "peft_model", peft_model)
+        for p in task_model.parameters():
+            p.requires_grad_(False)
+        for n, p in task_model.named_parameters():
+            if ".s2ft_delta." in n:
+                p.requires_grad_(True)
+        for p in self._extra_parameters(task_model):
+            p.requires_grad_(True)
+        return task_model
+
+    def _extra_parameters(self, task_model) -> list[nn.Parameter]:
+        if self.config.params:
+            from ...models.selection import resolve
+
+            return resolve(task_model, self.config.params).parameters(task_model)
+        return list(task_model.head.parameters()) if task_model.head is not None else []
+
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        """PEFT adapter folder (adapter_config.json + adapter_model.safetensors) + other trained tensors."""
+        out_dir = Path(out_dir)
+        model.peft_model.save_pretrained(str(out_dir))
+        extra = {n: p for n, p in model.named_parameters() if p.requires_grad and ".s2ft_delta." not in n}
+        if extra:
+            save_safetensors(out_dir / "extra_trainable.safetensors", extra)

@@ -1,0 +1,220 @@
+"""S2FTModel: the PEFT tuner — select, co-permute, inject S2FT layers, and save against the original base.
+
+Registered with PEFT (``peft.utils.register_peft_method``) under the name ``s2ft``, so the usual calls work::
+
+    from tangentft.methods.s2ft import S2FTConfig
+    model = get_peft_model(hf_model, S2FTConfig(ratios={"o": 0.1, "down": 0.05}, strategy="W"))
+    model.save_pretrained("out/")                       # adapter_config.json + adapter_model.safetensors
+    model = PeftModel.from_pretrained(fresh_base, "out/")
+
+PEFT 0.21's ``register_peft_method`` only accepts names that are members of its closed ``PeftType`` enum
+(upstream methods add a line to that enum); :func:`ensure_registered` adds the ``S2FT`` member to the enum
+at import time and then registers through the public function. Nothing else of PEFT is patched.
+
+Injection (``_pre_injection_hook``) fingerprints the base weights the adapter touches, refuses a base that
+differs from ``config.base_fingerprint`` if one is set, ranks units (:mod:`.selection`) unless
+``config.selection`` is already given, and co-permutes the base weights (:mod:`.permute`) so each trained
+slice is contiguous. The saved adapter stores, per module, ``s2ft_index`` (original row/column indices),
+``s2ft_axis`` and ``s2ft_delta`` (values shaped like ``W.index_select(axis, index)``): ΔW against the
+ORIGINAL base weights, appliable with ``W.index_add_(axis, index, delta)`` to the checkpoint as downloaded.
+:meth:`S2FTModel.unload` and :meth:`S2FTModel.merge_and_unload` undo the permutation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from ...errors import TangentError
+from ...models.structure import StructureMap, structure_map
+from . import permute
+from .config import S2FTConfig
+from .layer import S2FTLayer, SliceSpec
+from .selection import COLUMN_TYPES, num_units, select, structure_of, unit_width
+
+PEFT_NAME = "s2ft"
+
+
+def ensure_registered():
+    """Add ``S2FT`` to PEFT's ``PeftType`` enum (once) and register config + tuner; return the enum member."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils import PeftType, register_peft_method
+
+    key = PEFT_NAME.upper()
+    if key not in PeftType.__members__:
+        member = str.__new__(PeftType, key)
+        member._name_, member._value_ = key, key
+        member.__objclass__ = PeftType
+        type.__setattr__(PeftType, key, member)
+        PeftType._member_map_[key] = member
+        PeftType._value2member_map_[key] = member
+        PeftType._member_names_.append(key)
+    peft_type = PeftType[key]
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        register_peft_method(name=PEFT_NAME, config_cls=S2FTConfig, model_cls=S2FTModel, prefix="s2ft_")
+    return peft_type
+
+
+def base_fingerprint(hf: nn.Module, paths: list[str]) -> str:
+    """Digest of the weights (and biases) of ``paths`` in their current layout: identifies the base checkpoint."""
+    h = hashlib.blake2b(digest_size=8)
+    for path in sorted(paths):
+        module = hf.get_submodule(path)
+        module = module.get_base_layer() if isinstance(module, S2FTLayer) else module
+        for t in (module.weight, getattr(module, "bias", None)):
+            if t is None:
+                continue
+            h.update(f"{path}:{tuple(t.shape)}".encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().data)  # hashed in place, no byte copy
+    return h.hexdigest()
+
+
+def target_paths(smap: StructureMap, roles) -> list[str]:
+    """Module paths carrying a delta for ``roles`` (GPT-2's q/k/v share one c_attn path)."""
+    return list(dict.fromkeys(smap.ref(layer, r).path for layer in range(smap.num_layers) for r in roles))
+
+
+def check_selection(smap: StructureMap, selection: dict) -> None:
+    """Refuse a stored selection whose shape does not fit this model (layers, unit ids, counts)."""
+    for s in ("attention", "ffn"):
+        if s not in selection:
+            continue
+        per_layer = selection[s]
+        if len(per_layer) != smap.num_layers:
+            raise TangentError(f"S2FT selection has {len(per_layer)} layers for {s}; the model has {smap.num_layers}")
+        n = num_units(smap, s)
+        for ranked in per_layer:
+            if len(set(ranked)) != len(ranked) or any(not 0 <= u < n for u in ranked):
+                raise TangentError(f"S2FT selection for {s} names units outside 0..{n - 1} or repeats one")
+    for role, counts in selection.get("counts", {}).items():
+        s = structure_of(role)
+        if s not in selection or any(c > len(r) for c, r in zip(counts, selection[s], strict=True)):
+            raise TangentError(f"S2FT selection counts for '{role}' exceed the ranked units stored for {s}")
+
+
+def slice_plan(smap: StructureMap, selection: dict, perms: dict[str, permute.ModulePermutation]) -> dict[str, SliceSpec]:
+    """Module path -> where its delta lives after co-permutation (segments) and which original indices it covers."""
+    segs: dict[str, list[tuple[int, int]]] = {}
+    info: dict[str, tuple[str, bool]] = {}
+    for role, counts in selection["counts"].items():
+        for layer, n_units in enumerate(counts):
+            ref = smap.ref(layer, role)
+            mode = "col" if role in COLUMN_TYPES else "row"
+            start = ref.out_range[0] if (ref.out_range is not None and mode == "row") else 0
+            segs.setdefault(ref.path, []).append((start, n_units * unit_width(smap, role)))
+            info[ref.path] = (mode, ref.transposed)
+    plan = {}
+    for path, seg in segs.items():
+        mode, transposed = info[path]
+        seg = tuple(sorted(seg))
+        positions = torch.cat([torch.arange(s, s + n) for s, n in seg])
+        plan[path] = SliceSpec(mode, seg, transposed, perms[path].index[positions].clone())
+    return plan
+
+
+class S2FTModel(BaseTuner):
+    """PEFT tuner for S2FT (one S2FT adapter per model: the co-permutation belongs to one selection)."""
+
+    prefix: str = "s2ft_"
+    tuner_layer_cls = S2FTLayer
+    target_module_mapping: dict = {}
+
+    # -- injection ---------------------------------------------------------------------------------------
+    def _pre_injection_hook(self, model: nn.Module, config: S2FTConfig, adapter_name: str) -> None:
+        if self.__dict__.get("_s2ft_perms"):
+            raise TangentError("this model already carries an S2FT adapter; use tangentft.adapters to fuse or switch")
+        smap = structure_map(model)
+        config.validate()
+        roles = list(config.ratios)
+        paths = target_paths(smap, [r for r in roles if r in smap.roles])
+        fingerprint = base_fingerprint(model, paths)
+        if config.base_fingerprint is not None and config.base_fingerprint != fingerprint:
+            raise TangentError(
+                f"S2FT adapter was made for a different base model (fingerprint {config.base_fingerprint}, "
+                f"this model {fingerprint})"
+            )
+        selection = config.selection
+        if selection is None:
+            selection = select(model, smap, config)
+        check_selection(smap, selection)
+        perms = permute.permutations(model, smap, selection)
+        permute.apply(model, perms)
+        config.selection, config.base_fingerprint, config.target_modules = selection, fingerprint, paths
+        self.__dict__["_s2ft_perms"] = perms
+        self.__dict__["_s2ft_plan"] = slice_plan(smap, selection, perms)
+        self.__dict__["_s2ft_structure"] = smap
+
+    def _prepare_adapter_config(self, peft_config: S2FTConfig, model_config: dict) -> S2FTConfig:
+        return peft_config
+
+    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kw) -> None:
+        spec = self.__dict__["_s2ft_plan"][current_key]
+        if isinstance(target, S2FTLayer):
+            target.update_layer(adapter_name, spec)
+            return
+        self._replace_module(parent, target_name, S2FTLayer(target, adapter_name, spec), target)
+
+    # -- the permutation and the structure, for extraction and inspection --------------------------------
+    @property
+    def s2ft_permutations(self) -> dict[str, permute.ModulePermutation]:
+        """Module path -> the co-permutation applied to the base weights."""
+        return self.__dict__.get("_s2ft_perms", {})
+
+    @property
+    def s2ft_structure(self) -> StructureMap:
+        """The structure map of the adapted model."""
+        return self.__dict__["_s2ft_structure"]
+
+    # -- unload ------------------------------------------------------------------------------------------
+    def _restore_order(self) -> None:
+        permute.apply(self.model, self.s2ft_permutations, inverse=True)
+        self.__dict__["_s2ft_perms"] = {}
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None) -> nn.Module:
+        """Merge the delta into the base weights, drop the S2FT layers and undo the co-permutation."""
+        model = self._unload_and_optionally_merge(True, progressbar, safe_merge, adapter_names)
+        self._restore_order()
+        return model
+
+    def unload(self) -> nn.Module:
+        """Drop the S2FT layers (unmerging first if merged) and undo the co-permutation: the original base."""
+        for module in self.model.modules():
+            if isinstance(module, S2FTLayer) and module.merged:
+                module.unmerge()
+        model = self._unload_and_optionally_merge(merge=False)
+        self._restore_order()
+        return model
+
+    # -- state dict: expressed against the original base ------------------------------------------------
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        out = {}
+        for name, module in model.named_modules():
+            if not isinstance(module, S2FTLayer) or adapter_name not in module.s2ft_delta:
+                continue
+            spec = module.s2ft_spec[adapter_name]
+            out[f"{name}.s2ft_delta.{adapter_name}"] = spec.to_native(module.s2ft_delta[adapter_name].detach())
+            out[f"{name}.s2ft_index.{adapter_name}"] = spec.original_index.clone()
+            out[f"{name}.s2ft_axis.{adapter_name}"] = torch.tensor([spec.axis], dtype=torch.long)
+        return out
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        state_dict = dict(state_dict)
+        prefix = "base_model.model."
+        for name, module in model.named_modules():
+            if not isinstance(module, S2FTLayer) or adapter_name not in module.s2ft_spec:
+                continue
+            spec = module.s2ft_spec[adapter_name]
+            key = next((k for k in (name, prefix + name) if f"{k}.s2ft_delta" in state_dict), None)
+            if key is None:
+                raise TangentError(f"S2FT adapter file has no delta for module {name.removeprefix(prefix)}")
+            index = state_dict.pop(f"{key}.s2ft_index")
+            axis = int(state_dict.pop(f"{key}.s2ft_axis")[0])
+            if axis != spec.axis or not torch.equal(index.long().cpu(), spec.original_index):
+                raise TangentError(f"S2FT adapter indices for {name.removeprefix(prefix)} do not match its config's selection")
+            state_dict[f"{key}.s2ft_delta"] = spec.from_native(state_dict[f"{key}.s2ft_delta"])
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)

@@ -1,0 +1,284 @@
+"""S2FT as a PEFT method: co-permutation, partial backprop, training sparsity, merge/unload, save/load,
+base fingerprint, selection strategies — on tiny llama (GQA), bert and gpt2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODELS, tiny_task_model, toy_examples
+from s2ft_helpers import ALL_TYPES, batch, s2ft_model
+from tangentft.errors import TangentError
+from tangentft.methods.s2ft import S2FTConfig, S2FTLayer, S2FTMethod, select
+from tangentft.methods.s2ft.method import S2FTMethodConfig
+from tangentft.methods.s2ft.selection import unit_width
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_copermutation_keeps_outputs(name):
+    ref = tiny_task_model(name)
+    enc = batch(ref)
+    y0 = ref(**enc)
+    tm, pm = s2ft_model(name)
+    perms = pm.base_model.s2ft_permutations
+    assert any(not torch.equal(p.index, torch.arange(p.index.numel())) for p in perms.values())
+    assert (tm(**enc) - y0).abs().max() <= 1e-5
+    # the permuted base differs from the original: the permutation really moved rows/columns
+    moved = [p for p in perms if not torch.equal(tm.hf.get_submodule(p).get_base_layer().weight if isinstance(
+        tm.hf.get_submodule(p), S2FTLayer) else tm.hf.get_submodule(p).weight, ref.hf.get_submodule(p).weight)]
+    assert moved
+
+
+def test_gqa_selects_whole_kv_groups():
+    tm, pm = s2ft_model("tiny-llama", {"q": 0.5, "k": 0.5, "o": 0.5})
+    smap = tm.structure
+    assert smap.queries_per_kv == 2
+    sel = pm.peft_config["default"].selection
+    assert sel["counts"]["o"] == [1, 1] and all(len(r) == 1 for r in sel["attention"])
+    o = tm.hf.get_submodule(smap.ref(0, "o").path)
+    q = tm.hf.get_submodule(smap.ref(0, "q").path)
+    k = tm.hf.get_submodule(smap.ref(0, "k").path)
+    group = sel["attention"][0][0]
+    assert o.s2ft_delta["default"].shape == (32, 2 * 8)  # both query heads of the group, head_dim 8
+    assert q.s2ft_delta["default"].shape == (16, 32) and k.s2ft_delta["default"].shape == (8, 32)
+    assert o.s2ft_spec["default"].original_index.tolist() == list(range(group * 16, group * 16 + 16))
+    assert k.s2ft_spec["default"].original_index.tolist() == list(range(group * 8, group * 8 + 8))
+
+
+def _loss(tm, enc):
+    return tm(**enc).pow(2).sum()
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("nonzero", [False, True])
+def test_delta_gradient_is_slice_of_full_gradient(name, nonzero):
+    from tangentft.adapters import extract, merge
+
+    tm, pm = s2ft_model(name, delta_seed=3 if nonzero else None)
+    ref = tiny_task_model(name)
+    merge(ref, extract(tm))  # the dense model at the same point θ0 + ΔW (original coordinates)
+    enc = batch(tm)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    layers = {p: m for p, m in tm.hf.named_modules() if isinstance(m, S2FTLayer)}
+    for path in layers:
+        ref.hf.get_submodule(path).weight.requires_grad_(True)
+    _loss(tm, enc).backward()
+    _loss(ref, enc).backward()
+    for path, layer in layers.items():
+        spec = layer.s2ft_spec["default"]
+        full = ref.hf.get_submodule(path).weight.grad.index_select(spec.axis, spec.original_index)
+        got = spec.to_native(layer.s2ft_delta["default"].grad)
+        assert torch.allclose(got, full, atol=1e-5, rtol=1e-4), path
+
+
+def test_partial_backprop_saves_only_the_slice():
+    tm, _ = s2ft_model("tiny-llama", {"down": 0.25})
+    layer = tm.hf.get_submodule(tm.structure.ref(0, "down").path)
+    x = torch.randn(2, 5, 48, requires_grad=True)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        layer(x).sum().backward()
+    n = layer.s2ft_delta["default"].shape[1]
+    assert (2, 5, n) in shapes and (2, 5, 48) not in shapes
+    assert layer.get_base_layer().weight.grad is None and layer.s2ft_delta["default"].grad is not None
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_training_changes_only_selected_entries(name):
+    tm, pm = s2ft_model(name)
+    ref = tiny_task_model(name)
+    params = [p for p in tm.hf.parameters() if p.requires_grad]
+    assert params and all(".s2ft_delta." in n for n, p in tm.hf.named_parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    enc = batch(tm)
+    for _ in range(3):
+        opt.zero_grad()
+        _loss(tm, enc).backward()
+        opt.step()
+    specs = {p: m.s2ft_spec["default"] for p, m in tm.hf.named_modules() if isinstance(m, S2FTLayer)}
+    merged = pm.merge_and_unload()
+    before, after = dict(ref.hf.named_parameters()), dict(merged.named_parameters())
+    for n, w in after.items():
+        changed = w != before[n]
+        path = n.rsplit(".", 1)[0]
+        if path not in specs or n.endswith(".bias"):
+            assert not changed.any(), n
+            continue
+        spec = specs[path]
+        allowed = torch.zeros_like(changed)
+        allowed.index_fill_(spec.axis, spec.original_index, True)
+        assert changed.any() and not (changed & ~allowed).any(), n
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_merged_unmerged_unloaded_agree(name):
+    tm, pm = s2ft_model(name, delta_seed=1)
+    enc = batch(tm)
+    y = tm(**enc)
+    pm.merge_adapter()
+    y_merged = tm(**enc)
+    pm.unmerge_adapter()
+    assert torch.equal(tm(**enc), y)
+    assert (y_merged - y).abs().max() <= 1e-5
+    with pm.disable_adapter():
+        y_base = tm(**enc)
+    tm2 = tiny_task_model(name)
+    tm2.hf = pm.merge_and_unload()
+    assert (tm2(**enc) - y).abs().max() <= 1e-5
+    base_ref = tiny_task_model(name)
+    assert (base_ref(**enc) - y_base).abs().max() <= 1e-5
+
+
+def test_unload_restores_the_exact_base():
+    tm, pm = s2ft_model("tiny-gpt2", delta_seed=2)
+    ref = tiny_task_model("tiny-gpt2")
+    pm.merge_adapter()
+    hf = pm.unload()
+    for (n, a), (_, b) in zip(hf.state_dict().items(), ref.hf.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_save_fresh_base_load_identical(name, tmp_path):
+    from peft import PeftModel
+
+    tm, pm = s2ft_model(name, strategy="W", delta_seed=4)
+    enc = batch(tm)
+    y = tm(**enc)
+    pm.save_pretrained(str(tmp_path))
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
+    fresh = tiny_task_model(name)
+    loaded = PeftModel.from_pretrained(fresh.hf, str(tmp_path))
+    assert torch.equal(fresh(**enc), y)
+    assert loaded.peft_config["default"].selection == pm.peft_config["default"].selection
+    # the file is expressed against the original base: index_add onto a plain fresh base gives the same model
+    from tangentft.adapters import load_adapter, merge
+
+    plain = tiny_task_model(name)
+    merge(plain, load_adapter(tmp_path))
+    assert (plain(**enc) - y).abs().max() <= 1e-5
+
+
+def test_wrong_base_is_refused(tmp_path):
+    from peft import PeftModel
+
+    _, pm = s2ft_model("tiny-llama", delta_seed=1)
+    pm.save_pretrained(str(tmp_path))
+    other = tiny_task_model("tiny-llama", seed=1)
+    with pytest.raises(TangentError, match="different base model"):
+        PeftModel.from_pretrained(other.hf, str(tmp_path))
+
+
+def test_bad_config_is_one_line():
+    with pytest.raises(TangentError, match="unknown module type 'qq'"):
+        S2FTConfig(ratios={"qq": 0.1})
+    with pytest.raises(TangentError, match="strategy"):
+        S2FTConfig(strategy="Z")
+    tm = tiny_task_model("tiny-bert")
+    with pytest.raises(TangentError, match="'gate' does not exist"):
+        select(tm.hf, tm.structure, S2FTConfig(ratios={"gate": 0.1}))
+    with pytest.raises(TangentError, match="needs calibration"):
+        select(tm.hf, tm.structure, S2FTConfig(strategy="A"))
+
+
+def test_budget_allocates_uniformly():
+    tm = tiny_task_model("tiny-llama")
+    sel = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 1.0, "up": 1.0}, budget=2 * 2 * 10 * 32))
+    assert sel["counts"] == {"down": [10, 10], "up": [10, 10]}
+
+
+# -- strategies: each picks the documented extreme on a constructed case ------------------------------------
+def _calibration(tm):
+    from tangentft.methods.s2ft.method import task_calibration
+
+    return task_calibration(tm, toy_examples(8, seed=1), batch_size=4)
+
+
+def _boosted(channel: int, *, weight: bool = False, activation: bool = False):
+    """tiny-llama whose FFN channel ``channel`` has a huge down column (weight) or huge activation in layer 0."""
+    tm = tiny_task_model("tiny-llama")
+    smap = tm.structure
+    with torch.no_grad():
+        if weight:
+            smap.module(tm.hf, 0, "down").weight[:, channel] *= 50.0
+        if activation:
+            smap.module(tm.hf, 0, "up").weight[channel] *= 50.0
+            smap.module(tm.hf, 0, "gate").weight[channel] *= 5.0
+    return tm
+
+
+@pytest.mark.parametrize(
+    "strategy,boost,expect_first",
+    [("W", "weight", True), ("A", "activation", True), ("S", "weight", True), ("S", "activation", True),
+     ("G", "activation", True)],
+)
+def test_strategy_picks_extreme(strategy, boost, expect_first):
+    ch = 7
+    tm = _boosted(ch, weight=boost == "weight", activation=boost == "activation")
+    calib = _calibration(tm) if strategy != "W" else None
+    large = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, strategy=strategy), calib)
+    small = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, strategy=strategy, variant="small"), calib)
+    assert large["ffn"][0][0] == ch
+    assert ch not in small["ffn"][0]
+
+
+def test_weight_strategy_on_gqa_groups():
+    tm = tiny_task_model("tiny-llama")
+    with torch.no_grad():
+        tm.structure.module(tm.hf, 1, "o").weight[:, 16:32] *= 10.0  # KV group 1 = query heads 2,3
+    sel = select(tm.hf, tm.structure, S2FTConfig(ratios={"o": 0.5}, strategy="W"))
+    assert sel["attention"][1] == [1]
+    sel = select(tm.hf, tm.structure, S2FTConfig(ratios={"o": 0.5}, strategy="W", variant="small"))
+    assert sel["attention"][1] == [0]
+
+
+def test_gradient_strategy_discards_gradients():
+    tm = tiny_task_model("tiny-llama")
+    select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25, "o": 0.5}, strategy="G"), _calibration(tm))
+    assert all(p.grad is None for p in tm.parameters())
+    assert all(p.requires_grad for p in tm.hf.parameters())  # flags restored
+
+
+def test_random_strategy_is_seeded():
+    tm = tiny_task_model("tiny-bert")
+    a = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=1))
+    b = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=1))
+    c = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=2))
+    assert a == b and a != c
+    assert all(len(set(r)) == 12 for r in a["ffn"])
+
+
+# -- the trainer-facing method ------------------------------------------------------------------------------
+def test_method_prepare_and_save(tmp_path):
+    from tangentft.methods.base import get_method
+
+    assert get_method("s2ft") is S2FTMethod
+    tm = tiny_task_model("tiny-bert")
+    method = S2FTMethod(S2FTMethodConfig(types="o:0.5,down:0.25", strategy="A"), calibration=toy_examples(8))
+    model = method.prepare(tm)
+    names = set(method.trainable_parameters(model))
+    assert names and all(".s2ft_delta." in n or n.startswith("head.") for n in names)
+    assert any(n.startswith("head.") for n in names)
+    method.save(model, tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "extra_trainable.safetensors").is_file()
+    state = method.checkpoint_state(model)
+    method.load_checkpoint_state(model, state)
+
+
+def test_method_needs_calibration_for_data_strategies():
+    tm = tiny_task_model("tiny-llama")
+    with pytest.raises(TangentError, match="calibration"):
+        S2FTMethod(S2FTMethodConfig(strategy="G")).prepare(tm)
+
+
+def test_all_types_inject_on_every_arch():
+    for name in TINY_MODELS:
+        tm, pm = s2ft_model(name)
+        roles = set(ALL_TYPES[name])
+        counts = pm.peft_config["default"].selection["counts"]
+        assert set(counts) == roles
+        for role in roles:
+            layer = tm.hf.get_submodule(tm.structure.ref(0, role).path)
+            assert isinstance(layer, S2FTLayer)
+        assert unit_width(tm.structure, "down") == 1
