@@ -261,7 +261,7 @@ def test_method_prepare_and_save(tmp_path):
     assert names and all(".s2ft_delta." in n or n.startswith("head.") for n in names)
     assert any(n.startswith("head.") for n in names)
     method.save(model, tmp_path)
-    assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "extra_trainable.safetensors").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file() and (tmp_path / "extra.safetensors").is_file()
     state = method.checkpoint_state(model)
     method.load_checkpoint_state(model, state)
 
@@ -282,3 +282,43 @@ def test_all_types_inject_on_every_arch():
             layer = tm.hf.get_submodule(tm.structure.ref(0, role).path)
             assert isinstance(layer, S2FTLayer)
         assert unit_width(tm.structure, "down") == 1
+
+
+@pytest.mark.parametrize("strategy", ["R", "G"])
+def test_trainer_runs_s2ft_and_saves_a_peft_adapter(tmp_path, data_dir, strategy):
+    import json
+
+    from tangentft.train.loop import TrainConfig
+    from tangentft.train.run import run_training
+
+    cfg = TrainConfig(model="tiny-llama", task=str(data_dir / "sst2"), method="s2ft",
+                      method_options={"types": "o:0.5,down:0.25", "strategy": strategy, "calibration_size": 4},
+                      n_train=16, max_steps=4, n_eval=8, lr=1e-2, probe_size=4)
+    summary = run_training(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 4 and rows[-1]["theta_dist"] > 0
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "S2FT"
+
+
+@pytest.mark.parametrize("mode", ["col", "row"])
+def test_s2ft_function_forward_mode_matches_dense_reference(mode):
+    # the trainer's linearization probe runs torch.func.jvp through S2FTFunction
+    from tangentft.methods.s2ft.layer import S2FTFunction
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 5, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(6, generator=g)
+    segments = ((1, 2), (4, 1))
+    delta = torch.randn(*((6, 3) if mode == "col" else (3, 8)), generator=g)
+    tangents = (torch.randn(x.shape, generator=g), torch.randn(delta.shape, generator=g))
+
+    def dense(x, d):
+        full = torch.zeros_like(w)
+        if mode == "col":
+            full[:, :3] = d
+        else:
+            full[1:3], full[4:5] = d[:2], d[2:]
+        return torch.nn.functional.linear(x, w + full, b)
+
+    out, tan = torch.func.jvp(lambda x, d: S2FTFunction.apply(x, w, b, d, False, mode, segments), (x, delta), tangents)
+    ref_out, ref_tan = torch.func.jvp(dense, (x, delta), tangents)
+    assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(tan, ref_tan, atol=1e-5)

@@ -21,6 +21,16 @@ from ..models.selection import SpecTerm, expand_targets, parse_spec, resolve
 from .base import FineTuneMethod, MethodConfig, register_method
 
 
+def save_peft_adapter(peft_model, target: Path) -> None:
+    """PEFT ``save_pretrained`` into ``target`` (adapter_config.json + adapter_model.safetensors), each file
+    renamed into place from a temporary folder beside it, so an interrupted save never leaves a torn file."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+        for f in Path(tmp).iterdir():
+            os.replace(f, target / f.name)  # same filesystem: each file lands atomically
+
+
 def lora_target_paths(task_model, terms: list[SpecTerm]) -> list[str]:
     """Module paths (inside ``task_model.hf``) that the LoRA terms adapt, via the structure map."""
     smap = task_model.structure
@@ -148,12 +158,7 @@ class LoraMethod(FineTuneMethod):
         """PEFT ``save_pretrained`` into ``out_dir/adapter`` (adapter_config.json + adapter_model.safetensors);
         fully trained extras (an encoder head) go to ``out_dir/extra.safetensors``."""
         out_dir = Path(out_dir)
-        target = out_dir / "adapter"
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".adapter.") as tmp:
-            model.peft_model.save_pretrained(tmp, safe_serialization=True)
-            for f in Path(tmp).iterdir():
-                os.replace(f, target / f.name)  # same filesystem: each file lands atomically
+        save_peft_adapter(model.peft_model, out_dir / "adapter")
         extra = {n: p for n, p in self.trainable_parameters(model).items() if ".lora_" not in n}
         if extra:
             save_safetensors(out_dir / "extra.safetensors", extra, {"method": self.name})

@@ -62,27 +62,28 @@ class SliceSpec:
 
 
 class S2FTFunction(torch.autograd.Function):
-    """y = base(x) + the delta's contribution; backward saves/uses only the slice the delta needs."""
+    """y = base(x) + the delta's contribution; backward saves/uses only the slice the delta needs.
+
+    Written in the ``setup_context`` form with a forward-mode rule (``jvp``) so ``torch.func`` transforms
+    go through it: the trainer's linearization probe evaluates f̄ = f(θ0) + J·(θ − θ0) with ``torch.func.jvp``.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, delta, transposed: bool, mode: str, segments):
+    def forward(x, weight, bias, delta, transposed: bool, mode: str, segments):
         w = weight.t() if transposed else weight
         y = F.linear(x, w, bias)
-        need_delta_grad = ctx.needs_input_grad[3]
-        if mode == "col":
-            xs = x[..., : delta.shape[1]]
-            y += F.linear(xs, delta)
-            # a contiguous copy: a view would keep the whole input alive until backward
-            saved = xs.contiguous() if need_delta_grad else None
-        else:
-            off = 0
-            for start, n in segments:
-                y[..., start : start + n] += F.linear(x, delta[off : off + n])
-                off += n
-            saved = x if need_delta_grad else None
+        return _add_delta(y, x, delta, mode, segments)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, delta, transposed, mode, segments = inputs
+        saved = None
+        if ctx.needs_input_grad[3]:
+            # a contiguous copy of the column slice: a view would keep the whole input alive until backward
+            saved = x[..., : delta.shape[1]].contiguous() if mode == "col" else x
         ctx.save_for_backward(saved, weight, delta)
+        ctx.save_for_forward(x, weight, delta)
         ctx.transposed, ctx.mode, ctx.segments = transposed, mode, segments
-        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -104,6 +105,42 @@ class S2FTFunction(torch.autograd.Function):
             if ctx.needs_input_grad[3]:
                 gd = g_sel.reshape(-1, g_sel.shape[-1]).t().matmul(saved.reshape(-1, saved.shape[-1]))
         return gx, None, None, gd, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dx, dweight, dbias, ddelta, *_):
+        x, weight, delta = ctx.saved_tensors
+        out = None
+
+        def acc(t):
+            nonlocal out
+            out = t if out is None else out + t
+
+        w = weight.t() if ctx.transposed else weight
+        if dx is not None:
+            acc(_add_delta(F.linear(dx, w), dx, delta, ctx.mode, ctx.segments))
+        if dweight is not None:
+            acc(F.linear(x, dweight.t() if ctx.transposed else dweight))
+        if dbias is not None:
+            acc(dbias.expand(*x.shape[:-1], -1))
+        if ddelta is not None:
+            zero = torch.zeros(*x.shape[:-1], w.shape[0], dtype=x.dtype, device=x.device)
+            acc(_add_delta(zero, x, ddelta, ctx.mode, ctx.segments))
+        return out
+
+
+def _add_delta(y: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, mode: str, segments) -> torch.Tensor:
+    """y plus the delta's contribution: input columns [0, n) (``col``) or output-row segments (``row``)."""
+    if mode == "col":
+        return y + F.linear(x[..., : delta.shape[1]], delta)
+    off = 0
+    parts = []
+    for start, n in segments:
+        parts.append((start, F.linear(x, delta[off : off + n])))
+        off += n
+    y = y.clone()
+    for start, part in parts:
+        y[..., start : start + part.shape[-1]] += part
+    return y
 
 
 class S2FTLayer(nn.Module, BaseTunerLayer):

@@ -86,7 +86,7 @@ class S2FTMethod(FineTuneMethod):
 
     def bind_data(self, examples: list) -> None:
         """Training examples calibrate strategies A/S/G unless a ``calibration_task`` was given."""
-        if self.calibration is None:
+        if self.calibration is None and not self.config.calibration_task:
             self.calibration = list(examples)
 
     def _calibration_examples(self, peft_config: S2FTConfig) -> list[Example]:
@@ -133,9 +133,11 @@ class S2FTMethod(FineTuneMethod):
         return list(task_model.head.parameters()) if task_model.head is not None else []
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
-        """PEFT adapter folder (adapter_config.json + adapter_model.safetensors) + other trained tensors."""
+        """PEFT adapter folder ``out_dir/adapter`` + other trained tensors (an encoder head) in ``extra.safetensors``."""
+        from ..lora import save_peft_adapter
+
         out_dir = Path(out_dir)
-        model.peft_model.save_pretrained(str(out_dir))
+        save_peft_adapter(model.peft_model, out_dir / "adapter")
         extra = {n: p for n, p in model.named_parameters() if p.requires_grad and ".s2ft_delta." not in n}
         if extra:
-            save_safetensors(out_dir / "extra_trainable.safetensors", extra)
+            save_safetensors(out_dir / "extra.safetensors", extra, {"method": self.name})
