@@ -133,3 +133,25 @@ def test_kernel_alignment_on_encoder_uses_each_task_head():
 
     a = _alignment("tiny-bert", [sst2_spec(), sst2_spec()])
     assert abs(a[0, 1] - 1.0) < 1e-6
+
+
+def test_s2ft_task_vector_equals_dense_difference_of_merged_weights(tmp_path):
+    from tangentft.methods.s2ft import S2FTMethod, S2FTMethodConfig
+    from tangentft.taskvec import from_s2ft_adapter
+
+    tm = tiny_task_model("tiny-llama")
+    method = S2FTMethod(S2FTMethodConfig(types="o:0.5,down:0.25", strategy="R", seed=3))
+    model = method.prepare(tm)
+    with torch.no_grad():
+        for p in method.trainable_parameters(model).values():
+            p.normal_(0, 0.1)
+    method.save(model, tmp_path)
+    base = tiny_task_model("tiny-llama").hf
+    tau = from_s2ft_adapter(tmp_path / "adapter", base)
+    merged = tm.peft_model.merge_and_unload()
+    dense = from_state_dict(dict(merged.named_parameters()), base)
+    assert tau.touched == dense.touched and tau.touched
+    for k in tau.touched:
+        assert torch.allclose(tau.deltas[k], dense.deltas[k], atol=1e-6)
+    with pytest.raises(TangentError, match="different base model"):
+        from_s2ft_adapter(tmp_path / "adapter", tiny_task_model("tiny-llama", seed=4).hf)

@@ -90,3 +90,20 @@ def test_runs_on_different_bases_are_refused(runs, tmp_path, data_dir):
     assert res.exit_code == 2 and "different base models" in res.output
     res = runner.invoke(app, ["taskvec", "negate", str(tmp_path / "nothing"), "--out", str(tmp_path / "n")])
     assert res.exit_code == 2 and "not a tangentft train output folder" in res.output
+
+
+def test_add_of_s2ft_runs_writes_a_fused_sparse_adapter(tmp_path, data_dir):
+    from tangentft.adapters.sparse import load_adapter
+    from tangentft.train.loop import TrainConfig
+    from tangentft.train.run import run_training
+
+    for task in ("sst2", "cola"):
+        run_training(TrainConfig(model="tiny-llama", task=str(data_dir / task), method="s2ft",
+                                 method_options={"types": "o:0.5,down:0.25", "strategy": "R"}, n_train=16,
+                                 max_steps=2, n_eval=8, lr=1e-2, probe_size=4), tmp_path / task)
+    res = runner.invoke(app, ["taskvec", "add", str(tmp_path / "sst2"), str(tmp_path / "cola"), "--alpha", "1",
+                              "--n-eval", "8", "--out", str(tmp_path / "add")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "add" / "result.json").read_text())["artifact"] == "merged_sparse_adapter"
+    fused = load_adapter(tmp_path / "add" / "merged_sparse_adapter")
+    assert fused.numel > 0

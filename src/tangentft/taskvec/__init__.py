@@ -1,6 +1,6 @@
 """Task vectors: build, compare, add and negate fine-tuned updates, and predict when addition works."""
 
-from .sources import from_lora_adapter, from_state_dict
+from .sources import from_lora_adapter, from_s2ft_adapter, from_state_dict
 from .vector import TaskVector, apply, check_compatible, combine, cosine, cosine_matrix
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "cosine",
     "cosine_matrix",
     "from_lora_adapter",
+    "from_s2ft_adapter",
     "from_state_dict",
 ]

@@ -128,7 +128,8 @@ def _task_rows(tasks: list[EvalTask], base_m, own_m, merged_m, label: str) -> li
 def save_merged(runs: list[Run], alphas: Sequence[float], base: LoadedModel, vector: TaskVector, out: Path,
                 prefix: str = "merged") -> str:
     """Write the merged update: a PEFT LoRA adapter when every run is LoRA (``add_weighted_adapter`` with
-    ``combination_type="cat"`` is exactly Σ α_i ΔW_i), otherwise the combined task vector as safetensors."""
+    ``combination_type="cat"`` is exactly Σ α_i ΔW_i), a fused sparse adapter when every run is S2FT (S2FT
+    paper §6.2), otherwise the combined task vector as safetensors."""
     out.mkdir(parents=True, exist_ok=True)
     if all((r.path / "adapter" / "adapter_config.json").is_file() and r.vector.meta.get("kind") == "lora" for r in runs):
         import copy
@@ -157,6 +158,13 @@ def save_merged(runs: list[Run], alphas: Sequence[float], base: LoadedModel, vec
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest.name
+    if all(r.vector.meta.get("kind") == "s2ft" for r in runs):
+        from ..adapters.fuse import fuse
+        from ..adapters.sparse import load_adapter, save_adapter
+
+        fused, _ = fuse([load_adapter(r.path / "adapter", r.name) for r in runs], list(alphas), name=prefix)
+        save_adapter(fused, out / f"{prefix}_sparse_adapter")
+        return f"{prefix}_sparse_adapter"
     save_safetensors(out / f"{prefix}_task_vector.safetensors", vector.deltas,
                      {"base_fingerprint": vector.base_fingerprint, "arch": vector.arch, "name": vector.name})
     return f"{prefix}_task_vector.safetensors"

@@ -46,3 +46,21 @@ def from_lora_adapter(adapter_dir: str | Path, base: nn.Module, *, name: str = "
         raise TangentError(f"{adapter_dir}: the adapter adapts no module of this base model")
     return TaskVector(deltas, fingerprint, base.config.model_type, name or adapter_dir.name, str(adapter_dir),
                       {"kind": "lora", "r": config.r, "alpha": config.lora_alpha})
+
+
+def from_s2ft_adapter(adapter_dir: str | Path, base: nn.Module, *, name: str = "") -> TaskVector:
+    """τ from an S2FT adapter folder: each module's sparse ΔW (index + values, against the unpermuted base)
+    scattered into a dense tensor with ``index_add`` — exactly what merging the adapter adds."""
+    from ..adapters.merge import check_base
+    from ..adapters.sparse import load_adapter
+
+    adapter = load_adapter(adapter_dir, name or Path(adapter_dir).name)
+    check_base(base, adapter)
+    deltas: dict[str, torch.Tensor] = {}
+    for d in adapter.deltas:
+        key = f"{d.path}.weight"
+        if key not in deltas:
+            deltas[key] = torch.zeros_like(base.get_submodule(d.path).weight, dtype=torch.float32)
+        deltas[key].index_add_(d.axis, d.index, d.values.float())
+    return TaskVector(deltas, model_fingerprint(base), base.config.model_type, adapter.name, str(adapter_dir),
+                      {"kind": "s2ft"})
