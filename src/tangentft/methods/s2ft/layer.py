@@ -129,17 +129,14 @@ class S2FTFunction(torch.autograd.Function):
 
 
 def _add_delta(y: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, mode: str, segments) -> torch.Tensor:
-    """y plus the delta's contribution: input columns [0, n) (``col``) or output-row segments (``row``)."""
+    """Add the delta's contribution to ``y`` IN PLACE (callers pass a fresh tensor): input columns [0, n)
+    (``col``) or output-row segments (``row``)."""
     if mode == "col":
-        return y + F.linear(x[..., : delta.shape[1]], delta)
+        return y.add_(F.linear(x[..., : delta.shape[1]], delta))
     off = 0
-    parts = []
     for start, n in segments:
-        parts.append((start, F.linear(x, delta[off : off + n])))
+        y[..., start : start + n] += F.linear(x, delta[off : off + n])
         off += n
-    y = y.clone()
-    for start, part in parts:
-        y[..., start : start + part.shape[-1]] += part
     return y
 
 
