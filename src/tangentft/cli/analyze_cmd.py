@@ -47,7 +47,7 @@ def analyze(
         for col in ("run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "predicted", "zero-shot", "train loss", "T̂"):
             table.add_column(col, justify="left" if col in ("run", "model", "task", "params", "metric") else "right")
         for r in rows:
-            table.add_row(r["run"], r["model"], r["task"], r["params"], _num(r["n"]), _num(r["kappa"]), _num(r["beta"]),
+            table.add_row(Path(r["run"]).name, r["model"], r["task"], r["params"], _num(r["n"]), _num(r["kappa"]), _num(r["beta"]),
                           r["metric"], _num(r["predicted"]), _num(r["zero_shot"]), _num(r["train_loss"]), _num(r["T_hat"]))
         console.print(table)
         return
