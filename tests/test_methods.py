@@ -156,3 +156,10 @@ def test_methods_are_registered_and_bad_options_are_one_line_errors():
         get_method("full")(get_method("full").config_class(params="qq@0")).prepare(tm)
     with pytest.raises(TangentError, match="causal LM"):
         get_method("head")().prepare(tm)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_s2ft_lowers_the_training_loss(model_name, tmp_path):
+    _, summary, rows = _fit(model_name, "s2ft", tmp_path, types="o:0.5,down:0.5", strategy="W")
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] - 1e-3
+    assert rows[-1]["theta_dist"] > 0 and rows[0]["lin_gap"] == pytest.approx(0, abs=1e-6)
