@@ -71,8 +71,13 @@ class S2FTFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, delta, transposed: bool, mode: str, segments):
         w = weight.t() if transposed else weight
-        y = F.linear(x, w, bias)
-        return _add_delta(y, x, delta, mode, segments)
+        if mode == "col":
+            # The co-permuted selection is the leading column slice: x[:, :n]·(W[:, :n] + Δ)ᵀ + x[:, n:]·W[:, n:]ᵀ
+            # costs exactly one dense matmul and builds only an (out × n) tensor, never W + Δ.
+            n = delta.shape[1]
+            y = F.linear(x[..., n:], w[:, n:], bias)
+            return y.add_(F.linear(x[..., :n], w[:, :n] + delta))
+        return _add_delta(F.linear(x, w, bias), x, delta, mode, segments)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -93,8 +98,7 @@ class S2FTFunction(torch.autograd.Function):
         if ctx.mode == "col":
             n = delta.shape[1]
             if ctx.needs_input_grad[0]:
-                gx = g.matmul(w)
-                gx[..., :n] += g.matmul(delta)
+                gx = torch.cat([g.matmul(w[:, :n] + delta), g.matmul(w[:, n:])], dim=-1)
             if ctx.needs_input_grad[3]:
                 gd = g.reshape(-1, g.shape[-1]).t().matmul(saved.reshape(-1, n))
         else:
