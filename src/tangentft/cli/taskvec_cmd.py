@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, friendly
+from .common import console, friendly, progress
 
 app = typer.Typer(help="Task vectors τ = θ_FT − θ_PT from training runs: compare, add, negate.", no_args_is_help=True)
 
@@ -39,8 +39,10 @@ def compare_cmd(
     """Cosine matrix of task vectors and normalized kernel alignment between their tasks, with a heatmap."""
     from ..taskvec import ops, report
 
-    with console.status("building task vectors and the cross-task eNTK"):
-        result = ops.compare(runs, n_kernel=n_kernel, seed=seed, max_memory=max_memory)
+    with progress() as bar:
+        task_id = bar.add_task("cross-task eNTK", total=None)
+        result = ops.compare(runs, n_kernel=n_kernel, seed=seed, max_memory=max_memory,
+                             progress=lambda done, total: bar.update(task_id, completed=done, total=total))
     report.write(result, out)
     _show(out)
 
@@ -59,9 +61,12 @@ def add_cmd(
     """Task addition θ_PT + Σ α_i τ_i: per task the metric of base, own fine-tune and merged model."""
     from ..taskvec import ops, report
 
-    with console.status("task addition") as status:
+    with progress() as bar:
+        task_id = bar.add_task("α search on validation", total=None)
         result = ops.add(runs, alphas=_alphas(alpha), eval_tasks=eval_tasks or None, n_eval=n_eval, n_val=n_val,
-                         seed=seed, out=out, progress=lambda msg: status.update(f"α search: {msg}"))
+                         seed=seed, out=out,
+                         progress=lambda done, total, msg: bar.update(task_id, completed=done, total=total,
+                                                                      description=f"α search {msg}"))
     report.write(result, out)
     _show(out)
 

@@ -22,7 +22,7 @@ from .runs import Run, applied, evaluate, load_runs, task_model_for
 from .vector import TaskVector, combine, cosine_matrix
 
 ALPHA_GRID = (0.2, 0.4, 0.6, 0.8, 1.0)
-Progress = Callable[[str], None] | None
+Progress = Callable[[int, int, str], None] | None  # (evaluations done, total, last α and objective)
 
 
 @dataclass
@@ -94,13 +94,14 @@ def search_alphas(runs: list[Run], tasks: list[EvalTask], base: LoadedModel, gri
     own_val = _own_scores(tasks, base, "val")
     vectors = [r.vector for r in runs]
     trace = []
+    total = len(grid) + (len(grid) - 1) * len(runs)
 
     def score(alphas):
         vals = _scores(tasks, base, combine(vectors, alphas), 1.0, "val")
         s = _objective(vals, own_val)
         trace.append({"alphas": list(alphas), "objective": s})
         if progress:
-            progress(f"α={list(alphas)} → {s:.3f}")
+            progress(len(trace), total, f"α={list(alphas)} → {s:.3f}")
         return s
 
     best_a = max(grid, key=lambda a: score([a] * len(runs)))
