@@ -58,6 +58,15 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def format_number(v: Any) -> str:
+    """How a value appears in reports and tables: "–" for missing, 4 significant digits for floats."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically."""
     return atomic_write(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")

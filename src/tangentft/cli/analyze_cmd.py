@@ -7,15 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..io import format_number
 from .common import console, friendly, progress
-
-
-def _num(x) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
 
 
 @friendly
@@ -47,8 +40,8 @@ def analyze(
         for col in ("run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "predicted", "zero-shot", "train loss", "T̂"):
             table.add_column(col, justify="left" if col in ("run", "model", "task", "params", "metric") else "right")
         for r in rows:
-            table.add_row(Path(r["run"]).name, r["model"], r["task"], r["params"], _num(r["n"]), _num(r["kappa"]), _num(r["beta"]),
-                          r["metric"], _num(r["predicted"]), _num(r["zero_shot"]), _num(r["train_loss"]), _num(r["T_hat"]))
+            table.add_row(Path(r["run"]).name, r["model"], r["task"], r["params"], format_number(r["n"]), format_number(r["kappa"]), format_number(r["beta"]),
+                          r["metric"], format_number(r["predicted"]), format_number(r["zero_shot"]), format_number(r["train_loss"]), format_number(r["T_hat"]))
         console.print(table)
         return
     if dirs:
@@ -80,9 +73,9 @@ def analyze(
         if tasks:  # stopping a bar that never started prints a stray blank line
             bar.stop()
     kr, rec = rep["krr"], rep["recommendation"]
-    console.print(f"[bold]{model}[/] on [cyan]{rep['task_name']}[/]: κ(K+σI) = {_num(rep['condition_number']['value'])}, "
-                  f"β = {_num(rep['decay_beta'])}, predicted {kr['eval_metric_name']} {_num(kr['eval_metric'])} "
-                  f"(zero-shot {_num(kr.get('zero_shot_metric'))})")
-    console.print(f"recommend: LoRA r = {rec['lora_rank']}, λ = {_num(rec['regularization'])}, ~{rec['steps']} steps"
+    console.print(f"[bold]{model}[/] on [cyan]{rep['task_name']}[/]: κ(K+σI) = {format_number(rep['condition_number']['value'])}, "
+                  f"β = {format_number(rep['decay_beta'])}, predicted {kr['eval_metric_name']} {format_number(kr['eval_metric'])} "
+                  f"(zero-shot {format_number(kr.get('zero_shot_metric'))})")
+    console.print(f"recommend: LoRA r = {rec['lora_rank']}, λ = {format_number(rec['regularization'])}, ~{rec['steps']} steps"
                   + (f", add {', '.join(rec['candidate_groups'])}" if rec["candidate_groups"] else ""))
     console.print(f"report: {out / 'report.md'}")

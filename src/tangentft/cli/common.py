@@ -38,6 +38,16 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
+def parse_numbers(text: str | None, option: str) -> list[float] | None:
+    """``"1,0.5"`` -> [1.0, 0.5] for a comma-separated option; None when the option was not given."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise TangentError(f"{option} must be comma-separated numbers, got '{text}'") from None
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one error line and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

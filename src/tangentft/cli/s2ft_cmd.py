@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import TangentError
-from .common import console, friendly, progress
+from .common import console, friendly, parse_numbers, progress
 
 app = typer.Typer(help="S2FT selections and sparse adapters.", no_args_is_help=True)
 
@@ -127,12 +127,7 @@ def fuse_cmd(
     """Σ w_i ΔW_i as one sparse adapter; overlapping rows/columns are combined and reported."""
     from ..adapters import fuse, load_adapter, save_adapter
 
-    ws = None
-    if weights:
-        try:
-            ws = [float(w) for w in weights.split(",")]
-        except ValueError:
-            raise TangentError(f"--weights '{weights}': expected comma-separated numbers") from None
+    ws = parse_numbers(weights or None, "--weights")
     fused, report = fuse([load_adapter(p) for p in adapters], ws, name=out.name)
     save_adapter(fused, out)
     for line in report.lines():

@@ -6,20 +6,9 @@ from pathlib import Path
 
 import typer
 
-from .common import console, friendly, progress
+from .common import console, friendly, parse_numbers, progress
 
 app = typer.Typer(help="Task vectors τ = θ_FT − θ_PT from training runs: compare, add, negate.", no_args_is_help=True)
-
-
-def _alphas(text: str | None) -> list[float] | None:
-    from ..errors import TangentError
-
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise TangentError(f"--alpha must be comma-separated numbers, got '{text}'") from None
 
 
 def _show(out: Path) -> None:
@@ -63,7 +52,7 @@ def add_cmd(
 
     with progress() as bar:
         task_id = bar.add_task("α search on validation", total=None)
-        result = ops.add(runs, alphas=_alphas(alpha), eval_tasks=eval_tasks or None, n_eval=n_eval, n_val=n_val,
+        result = ops.add(runs, alphas=parse_numbers(alpha, "--alpha"), eval_tasks=eval_tasks or None, n_eval=n_eval, n_val=n_val,
                          seed=seed, out=out,
                          progress=lambda done, total, msg: bar.update(task_id, completed=done, total=total,
                                                                       description=f"α search {msg}"))

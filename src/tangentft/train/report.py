@@ -4,15 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import atomic_write
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+from ..io import atomic_write, format_number
 
 
 def write_summary(out_dir: Path, config: dict, summary: dict, rows: list[dict]) -> Path:
@@ -43,7 +35,7 @@ def write_summary(out_dir: Path, config: dict, summary: dict, rows: list[dict]) 
         if r:
             cols = [r.get(k) for k in ("step", "train_loss", "eval_loss", "eval_metric", "theta_dist", "lin_gap",
                                        "lin_kl", "output_shift")]
-            lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in cols) + " |")
+            lines.append(f"| {label} | " + " | ".join(format_number(v) for v in cols) + " |")
     name = last.get("eval_metric_name")
     if name:
         lines += ["", f"eval_metric is {name}."]
@@ -52,6 +44,6 @@ def write_summary(out_dir: Path, config: dict, summary: dict, rows: list[dict]) 
         mean = sum(pulled.values()) / len(pulled)
         lines += ["", f"Pull toward θ0 applied on {mean:.1%} of tensor-steps on average "
                       f"(min {min(pulled.values()):.1%}, max {max(pulled.values()):.1%} over {len(pulled)} tensors)."]
-    lines += ["", f"Wall time {_fmt(last.get('wall_s'))} s, peak RSS {_fmt(last.get('peak_rss_gb'))} GiB.",
+    lines += ["", f"Wall time {format_number(last.get('wall_s'))} s, peak RSS {format_number(last.get('peak_rss_gb'))} GiB.",
               "", "Figures: figures/training.png, figures/linearization.png.", ""]
     return atomic_write(Path(out_dir) / "summary.md", "\n".join(lines))
