@@ -33,6 +33,10 @@ class NuclearProxConfig(LinearizedConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.factor_rank is not None:
+            raise TangentError("nuclear-prox thresholds ΔW itself and has no factor_rank: for the factored model use "
+                               "method 'linearized' with factor_rank and weight_decay (the factors' weight decay is "
+                               "the nuclear-norm penalty)")
         if self.nuclear_lam < 0:
             raise TangentError(f"nuclear_lam must be ≥ 0, got {self.nuclear_lam}")
         if self.params is None:

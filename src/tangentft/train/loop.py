@@ -196,7 +196,11 @@ class Trainer:
             self.total = max(1, min(self.total, int(self.kernel_rule["T_hat"])))
         self.eval_every = cfg.eval_every or max(1, self.total // 5)
         self.scheduler = warmup_linear(opt, self.total, cfg.warmup_ratio)
-        self.probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe), self.theta0)
+        # The probe's θ0 is keyed like the network's values (method.nonlinear), which for a factored method
+        # (linearized with factor_rank: θ0 + B·A) are not its trainable tensors.
+        _, theta_at_0 = self.method.nonlinear(self.model)
+        self.probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe),
+                                        {n: t.detach().clone() for n, t in theta_at_0.items()})
 
     def start_or_resume(self, resume: bool) -> tuple[TrainState, dict]:
         """A fresh :class:`TrainState` and the step-0 evaluation row, or the checkpoint's state loaded into
