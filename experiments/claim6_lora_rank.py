@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             parts.append(f"r = {', '.join(map(str, falling))} still falling at step {steps} (slow from the B = 0 "
                          "start, not a spurious minimum)")
         if flat:
-            parts.append(f"r = {', '.join(map(str, flat))} flattened above it")
+            parts.append(f"r = {', '.join(map(str, flat))} above it and falling < 5% over the last fifth")
         why = (f"{'only some' if verdict == 'partly' else 'no'} rank ≥ r* reaches the linearized full fine-tune's loss "
                f"in {steps} steps: " + "; ".join(parts))
     fig, axes = common.figure(2)
