@@ -86,13 +86,18 @@ def test_without_params_uses_the_default_and_ends_with_a_train_command_that_runs
     assert rep["params"] == "lora(r=8):q,v@0,1" and rep["params_default"]  # tiny-llama has 2 layers
     md = (out / "report.md").read_text()
     assert "no params given: the default" in md
+    # one command: the run to launch ends report.md, is report.json's train_command and the one printed
     command = rep["recommendation"]["train_command"]
-    assert md.rstrip().endswith(rep["recommendation"]["train_command_notes"][-1])
-    assert f"```sh\n{command}\n```" in md and "--loss mse" in command
+    assert md.rstrip().endswith(f"```sh\n{command}\n```") and md.count("tangentft train") == 2
+    assert md.rindex("## The run to launch") > md.index("### The theory's run") > md.index("## Conventions")
+    assert f"train: {command}" in res.output and "--predict" in command and "--optimizer" not in command  # AdamW
+    theory = rep["recommendation"]["theory_command"]
+    assert "--optimizer sgd" in theory and "--loss mse" in theory and theory in md
     args = shlex.split(command)
     assert args[:2] == ["tangentft", "train"]
     args[args.index("--out") + 1] = str(tmp_path / "train")
     res = runner.invoke(app, args[1:])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())
-    assert summary["steps"] == max(1, rep["recommendation"]["steps"])
+    assert summary["steps"] == rep["run_prediction"]["max_steps"] == rep["run_prediction"]["steps"][-1]
+    assert json.loads((tmp_path / "train" / "prediction.json").read_text())["steps"] == rep["run_prediction"]["steps"]

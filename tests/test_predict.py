@@ -194,6 +194,9 @@ def test_lora_candidates_get_the_lora_kernel_and_the_report_ends_with_the_run(tm
     md = (out / "report.md").read_text()
     tail = md[md.index("## The run to launch"):]
     assert "tangentft train --model tiny-llama" in tail and "--predict" in tail and "| step |" in tail
+    # the recommended candidate is trained as it was analysed: a LoRA adapter of o in layer 1
+    assert rep["recommendation"]["candidate_groups"] == ["L1.o"]
+    assert "--params 'lora(r=4):q,v@0;lora(r=4):o@1'" in rep["recommendation"]["train_command"]
     assert rep["run_prediction"]["steps"][-1] == rep["run_prediction"]["best_step"] or rep["run_prediction"]["best_step"] == 0
     assert "linear probe" in md and "majority" in md
 

@@ -40,6 +40,12 @@ class MethodConfig:
         An option the method has no field for is an error (not silently ignored), naming the method.
         String values (from ``--method-opt key=value``) are converted to the field's annotated bool/int/float type.
         """
+        return cls(**cls.coerce_options(method, options))
+
+    @classmethod
+    def coerce_options(cls, method: str, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` without the ones not given (None), each string converted to its field's bool/int/float
+        type; an option the method has no field for is an error naming the method."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
@@ -49,7 +55,7 @@ class MethodConfig:
                 opts = ", ".join(sorted(known))
                 raise TangentError(f"option '{key}' does not apply to method '{method}' (its options: {opts})")
             kwargs[key] = _coerce(key, value, known[key])
-        return cls(**kwargs)
+        return kwargs
 
     def to_json(self) -> dict[str, Any]:
         """The config as a plain dict (for config.json)."""

@@ -249,31 +249,6 @@ def predict_run(cfg: TrainConfig, *, n: int | None = None, draws: int = 100,
     return predict_with(run_kernels(cfg, n=n, progress=progress), cfg, draws=draws)
 
 
-def recommended_run(rep, *, steps: int | None = None, lr: float | None = None) -> TrainConfig:
-    """The training run that applies an ``analyze`` report's (:class:`~tangentft.analysis.result.AnalysisReport`)
-    recommendation: its parameters plus the recommended
-    candidate groups, the LoRA method when the parameters are LoRA factors (candidates become LoRA adapters of the
-    same rank), AdamW, trained on the analysis' own kernel sample (``n_train`` = n, same seed and eval examples)."""
-    import re
-
-    params = rep.params
-    lora = re.match(r"\s*lora(\([^)]*\))?:", params)
-    extra = []
-    for g in (rep.recommendation.candidate_groups if rep.recommendation else []):
-        m = re.fullmatch(r"L(\d+)\.(\w+)", g)
-        if m:
-            extra.append(f"{m.group(2)}@{m.group(1)}")
-    if extra:
-        params = ";".join([params] + [(lora.group(0).strip() if lora else "") + e for e in extra])
-    n = int(rep.n)
-    total = steps or max(10, min(200, 10 * math.ceil(n / 8)))  # ten epochs at batch 8 unless told
-    return TrainConfig(model=rep.model, task=rep.task, template=rep.template, label_words=rep.label_words,
-                       method="lora" if lora else "full",
-                       method_options={"params": params}, optimizer="adamw", lr=lr or TrainConfig.default("lr"), n_train=n,
-                       n_eval=int(rep.n_eval or n), max_steps=total, eval_every=max(1, total // 10),
-                       seed=int(rep.seed))
-
-
 def write_prediction(out_dir: Path, prediction: dict) -> Path:
     """Write ``prediction.json`` atomically into a run folder."""
     path = Path(out_dir) / FILE

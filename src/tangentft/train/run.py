@@ -61,6 +61,8 @@ def resume_config(out_dir: Path, changes: dict | None = None) -> TrainConfig:
     for name, value in (changes or {}).items():
         if name not in known:
             raise TangentError(f"resume: unknown config field '{name}'")
+        if name == "method_options":  # compared as the config stores them, typed ('lora_r=8' is the int 8)
+            value = get_method(stored.method).config_class.coerce_options(stored.method, value)
         if value == getattr(stored, name):
             continue
         if name not in RESUMABLE:
