@@ -18,7 +18,6 @@ Quick: sst2, N = 8 (r* = 6), ranks 1, 6, 12, 40 steps.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from tangentft.analysis.lora_rank import min_rank
@@ -28,6 +27,11 @@ from . import common
 
 DOC = __doc__
 NAME = "claim6_lora_rank"
+CLAIM = common.Claim(
+    claim_id="6", paper="LoRA-NTK", where="Figure 2",
+    paper_claim="with r(r+1)/2 > K·N, LoRA has no spurious local minima and reaches the full fine-tune's training loss",
+    paper_figure="training loss of LoRA at r ≥ r* matches full fine-tuning",
+)
 
 
 def final_train_loss(record: dict) -> float | None:
@@ -41,7 +45,6 @@ def initial_train_loss(record: dict) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="minilm")
     last = common.num_layers(ctx.model) - 1
     n = ctx.pick(8, 16)
@@ -106,15 +109,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][1].set_yscale("log")
     axes[0][1].set_xlabel("LoRA rank r")
     axes[0][1].legend(fontsize=6)
-    path = common.save_figure(fig, ctx)
     our = (f"N={n}, K={num_out}, r*={r_star}: final train loss full(f̄) {common.fmt(target)}, nuclear-prox "
            f"{common.fmt(prox['final_train_loss'])}; LoRA " +
            ", ".join(f"r={r['rank']} {common.fmt(r['final_train_loss'])}" for r in loras))
     return common.write_claim(
-        ctx, claim_id="6", paper="LoRA-NTK", where="Figure 2",
-        paper_claim="with r(r+1)/2 > K·N, LoRA has no spurious local minima and reaches the full fine-tune's training loss",
-        paper_figure="training loss of LoRA at r ≥ r* matches full fine-tuning",
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"settings": s, "reference": ref, "nuclear_prox": prox, "lora": loras,
               "deviation": "LoRA trains the network f (PEFT); the reference and nuclear-prox train the linearized f̄"})
 

@@ -141,8 +141,8 @@ def predict_against(run_dir: Path, out_dir: Path, *, n: int | None = None,
     """Predict the finished run in ``run_dir`` from the kernel at θ0 with its own config
     (:func:`tangentft.train.predict.predict_run`, ``n`` caps the kernel sample) and compare it with the run:
     writes prediction.json, against.md and figures/prediction.png into ``out_dir``; returns (prediction, comparison)."""
+    from .config import load_config
     from .predict import predict_run, write_prediction
-    from .run import load_config
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "metrics.jsonl").is_file():

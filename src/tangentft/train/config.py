@@ -1,4 +1,6 @@
-"""The training run's configuration: every field with its help text, validated once, when it is built.
+"""The training run's configuration: every field with its help text, validated once, when it is built, written
+as the ``train`` command that reads back to it (:meth:`TrainConfig.command_line`) and read back from a run folder's
+config.json (:func:`load_config`).
 
 Each field's ``metadata["help"]`` is the only copy of its description: the ``train`` command's option
 help is generated from it. Errors name the field (``lr``, ``max_steps``), never a command-line flag, so
@@ -15,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TangentError
+from ..schemas import RunConfig, parse, read_json
 from .regularization import OPTIMIZERS, REG_MODES
 
+CONFIG = "config.json"  # a run folder's config, its TrainConfig under "train"
 LOSSES = ("ce", "mse")
 STOP_RULES = ("kernel-rule",)
 # Learning rates above which a run is legal but almost surely a mistake: Adam's step moves every trained
@@ -191,3 +195,17 @@ class TrainConfig:
         """A config from :meth:`to_json` output; keys of older or newer versions that are not fields are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load_run_config(out_dir: Path) -> tuple[RunConfig, TrainConfig]:
+    """The run's config.json, validated, and the TrainConfig it was started with."""
+    path = Path(out_dir) / CONFIG
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise TangentError(f"{out_dir} is a file, not a tangentft train output folder")
+    record = read_json(path, RunConfig, missing=f"{out_dir}: not a tangentft train output folder (no config.json)")
+    return record, parse(TrainConfig, record.train, f"{path} field 'train'")
+
+
+def load_config(out_dir: Path) -> TrainConfig:
+    """The config a run in ``out_dir`` was started with (for ``--resume``)."""
+    return load_run_config(out_dir)[1]
