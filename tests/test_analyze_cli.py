@@ -62,6 +62,7 @@ def test_end_to_end_tiny_model(tmp_path, data_dir):
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
+    assert f"candidate ranking: {rep['candidate_uncertainty']['verdict']}" in " ".join(res.output.split())
     for key in ("model", "task", "params", "n", "K", "num_params", "eigenvalues", "lambda_max", "lambda_min",
                 "condition_number", "effective_rank", "decay_beta", "decay_beta_stderr", "risk_bounds", "krr",
                 "candidates", "stopping", "lora_min_rank", "lipschitz", "lambda_circ", "timings"):

@@ -127,6 +127,8 @@ def analyze(
                   f"(zero-shot {format_number(kr.get('zero_shot_metric'))})")
     console.print(f"recommend: LoRA r = {rec.lora_rank}, λ = {format_number(rec.regularization)}, ~{rec.steps} steps"
                   + (f", add {', '.join(rec.candidate_groups)}" if rec.candidate_groups else ""))
+    if rep.candidate_uncertainty:
+        console.print(f"candidate ranking: {rep.candidate_uncertainty['verdict']}", highlight=False, soft_wrap=True)
     if rec.train_command:
         console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
     rp = rep.run_prediction
