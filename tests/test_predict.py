@@ -271,7 +271,7 @@ def test_cli_train_s2ft_predict(tmp_path, data_dir):
 
     run = tmp_path / "run"
     args = ["train", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--method", "s2ft", "--method-opt",
-            "types=o:0.5,down:0.25", "--n-train", "12", "--n-eval", "10", "--max-steps", "6", "--eval-every", "2",
+            "types=o:0.5,down:0.25", "--method-opt", "strategy=A", "--n-train", "12", "--n-eval", "10", "--max-steps", "6", "--eval-every", "2",
             "--batch-size", "4", "--lr", "0.01", "--predict", "--out", str(run)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -283,6 +283,14 @@ def test_cli_train_s2ft_predict(tmp_path, data_dir):
     # tiny-llama: 2 layers; o: 1 KV group of 2 (2 query heads × 8 = 16 columns × 32 rows), down: 12 of 48 columns
     named = {b["name"]: b for b in pred["selection"]["blocks"]}
     assert sum(len(b["in_idx"]) * 32 for b in named.values()) == 2 * (16 * 32 + 12 * 32)
+    # the kernel's columns are the ones the run trained (strategy A ranks on the run's own training examples)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    trained = {k[k.index("layers."):].removesuffix(".s2ft_index"): sorted(v.tolist())
+               for k, v in saved.items() if k.endswith(".s2ft_index")}
+    assert len(trained) == 4 and trained == {n[n.index("layers."):].removesuffix(".weight"): list(b["in_idx"])
+                                             for n, b in named.items()}
     assert pred["eval_metric"][0] == pytest.approx(rows[0]["eval_metric"])  # same eval examples, same f0
     assert pred["eval_loss"][0] == pytest.approx(rows[0]["eval_loss"], rel=1e-4)
     assert "Predicted vs real" in (run / "summary.md").read_text()
