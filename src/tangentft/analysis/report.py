@@ -255,16 +255,20 @@ def load_report(directory) -> AnalysisReport:
         raise TangentError(f"{path}: not an analysis report ({exc})") from None
 
 
-COMPARE_COLUMNS = ("run", "model", "task", "params", "n", "kappa", "beta", "metric", "predicted", "zero_shot", "train_loss", "T_hat")
+COMPARE_COLUMNS = ("run", "model", "task", "params", "n", "kappa", "beta", "metric", "predicted", "zero_shot", "train_loss",
+                   "T_hat", "run_metric", "run_interval", "run_best_step")
 
 
 def compare_rows(directories) -> list[dict]:
-    """One row per analysis folder: κ, β and the predicted metrics (linearization paper, Tables 2 and 5)."""
+    """One row per analysis folder: κ, β and the predicted metrics (linearization paper, Tables 2 and 5) — the
+    ridge limit (``predicted``) and the predicted run's best metric with its bootstrap interval over the kernel
+    sample (``run_metric``, ``run_interval``; None for a report made before runs were predicted)."""
     if not directories:
         raise TangentError("comparing analyses needs at least one analysis folder")
     rows = []
     for d in directories:
         r = load_report(d)
+        rp = r.run_prediction or {}
         rows.append({
             "run": str(d),
             "model": r.model,
@@ -278,5 +282,36 @@ def compare_rows(directories) -> list[dict]:
             "zero_shot": r.krr.get("zero_shot_metric"),
             "train_loss": r.krr["train_loss"],
             "T_hat": r.stopping["T_hat"],
+            "run_metric": rp.get("best_metric"),
+            "run_interval": rp.get("metric_interval"),
+            "run_best_step": rp.get("best_step"),
         })
     return rows
+
+
+def compare_ranking(rows: list[dict]) -> dict:
+    """Rank :func:`compare_rows` rows (configurations, tasks) by the predicted run's best metric and say whether
+    the ranking decides: the leader is a clear winner only when its bootstrap interval lies above the runner-up's
+    (issue 11 §3: every ranking comes with its uncertainty). Returns ``order`` (row indices, best first; rows
+    without a predicted run last), ``leader``/``runner_up`` (row runs), ``clear_winner`` (None when nothing can
+    be ranked) and a one-line ``verdict``."""
+    ranked = [i for i, r in enumerate(rows) if r.get("run_metric") is not None and r.get("run_interval")]
+    order = sorted(ranked, key=lambda i: -rows[i]["run_metric"]) + [i for i in range(len(rows)) if i not in ranked]
+    out = {"order": order, "leader": None, "runner_up": None, "clear_winner": None}
+    metrics = sorted({rows[i]["metric"] for i in ranked})
+    if len(ranked) < 2:
+        return {**out, "verdict": f"nothing to rank: {len(ranked)} of {len(rows)} analyses have a predicted run "
+                                  "(reports made before runs were predicted have none)"}
+    if len(metrics) > 1:
+        return {**out, "verdict": f"not ranked: the analyses predict different metrics ({', '.join(metrics)})"}
+
+    def show(i: int) -> str:
+        lo, hi = rows[i]["run_interval"]
+        return f"{rows[i]['run']} {_g(rows[i]['run_metric'], 3)} [{_g(lo, 3)}, {_g(hi, 3)}]"
+
+    best, second = order[0], order[1]
+    clear = bool(rows[best]["run_interval"][0] > rows[second]["run_interval"][1])
+    verdict = (f"{show(best)} is the best: its interval lies above the runner-up's, {show(second)}" if clear else
+               f"no clear winner: the best's interval ({show(best)}) overlaps the runner-up's ({show(second)})")
+    return {**out, "leader": rows[best]["run"], "runner_up": rows[second]["run"], "clear_winner": clear,
+            "verdict": verdict}

@@ -42,7 +42,8 @@ def analyze(
     num_labels: int = typer.Option(None, "--num-labels", help=NUM_LABELS_HELP),
     score_range: str = typer.Option(None, "--score-range", help=SCORE_RANGE_HELP),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder for report.json, report.md and figures."),
-    compare: bool = typer.Option(False, "--compare", help="Tabulate κ, β and predicted metrics of analysis folders."),
+    compare: bool = typer.Option(False, "--compare", help="Tabulate κ, β and predicted metrics of analysis folders, best "
+                                 "predicted run first, with bootstrap intervals and whether there is a clear winner."),
     against: Path = typer.Option(None, "--against", help="A finished train run: predict its curve from the kernel at "
                                  "θ0 with its own settings and compare (prediction.json, against.md, figures/)."),
     device: str = device_option(),
@@ -53,16 +54,25 @@ def analyze(
     from ..errors import TangentError
 
     if compare:
-        from ..analysis.report import compare_rows
+        from ..analysis.report import compare_ranking, compare_rows
 
         rows = compare_rows(dirs or [])
-        table = Table(title="analyses")
-        for col in ("run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "predicted", "zero-shot", "train loss", "T̂"):
-            table.add_column(col, justify="left" if col in ("run", "model", "task", "params", "metric") else "right")
-        for r in rows:
-            table.add_row(Path(r["run"]).name, r["model"], r["task"], r["params"], format_number(r["n"]), format_number(r["kappa"]), format_number(r["beta"]),
-                          r["metric"], format_number(r["predicted"]), format_number(r["zero_shot"]), format_number(r["train_loss"]), format_number(r["T_hat"]))
+        ranking = compare_ranking(rows)
+        table = Table(title="analyses, best predicted run first")
+        for col in ("", "run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "ridge limit", "zero-shot",
+                    "train loss", "T̂", "predicted run", "95% interval", "best step"):
+            table.add_column(col, justify="left" if col in ("", "run", "model", "task", "params", "metric") else "right")
+        for i in ranking["order"]:
+            r = rows[i]
+            mark = "★" if ranking["clear_winner"] and r["run"] == ranking["leader"] else ""
+            interval = "[{}, {}]".format(*map(format_number, r["run_interval"])) if r["run_interval"] else "–"
+            table.add_row(mark, Path(r["run"]).name, r["model"], r["task"], r["params"], format_number(r["n"]),
+                          format_number(r["kappa"]), format_number(r["beta"]), r["metric"],
+                          format_number(r["predicted"]), format_number(r["zero_shot"]), format_number(r["train_loss"]),
+                          format_number(r["T_hat"]), format_number(r["run_metric"]), interval,
+                          format_number(r["run_best_step"]))
         console.print(table)
+        console.print(ranking["verdict"], highlight=False, soft_wrap=True)
         return
     if dirs:
         raise TangentError(f"unexpected argument {dirs[0]}: folders are only taken with --compare")
@@ -111,6 +121,8 @@ def analyze(
                   f"(zero-shot {format_number(kr.get('zero_shot_metric'))})")
     console.print(f"recommend: LoRA r = {rec.lora_rank}, λ = {format_number(rec.regularization)}, ~{rec.steps} steps"
                   + (f", add {', '.join(rec.candidate_groups)}" if rec.candidate_groups else ""))
+    if rep.candidate_uncertainty:
+        console.print(f"candidate ranking: {rep.candidate_uncertainty['verdict']}", highlight=False, soft_wrap=True)
     console.print(f"predicted run: best {rp['metric_name']} {format_number(rp['best_metric'])} "
                   f"[{format_number(rp['metric_interval'][0])}, {format_number(rp['metric_interval'][1])}] at step "
                   f"{rp['best_step']}", highlight=False)

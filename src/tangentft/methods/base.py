@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import TangentError
+from ..models.selection import ParamSelection
 
 
 @dataclass
@@ -102,6 +103,23 @@ class FineTuneMethod(ABC):
     def bind_data(self, examples: list) -> None:  # noqa: B027
         """Receive the training examples before :meth:`prepare`, for methods whose parameter selection is
         data-dependent (S2FT's activation/gradient strategies). Default: not needed."""
+
+    def kernel_selection(self, task_model: nn.Module) -> ParamSelection:
+        """Parameterize a fresh ``task_model`` the way this method trains it and return the selection of exactly
+        the parameters it trains: what a kernel at θ0 of this method's run is taken over. Default:
+        :meth:`prepare` and the ``selected`` it records (a method whose trained coordinates are entries of the
+        base weights at θ0 may instead return them on the unchanged model, see S2FT)."""
+        self.prepare(task_model)
+        selected = getattr(self, "selected", None)
+        if selected is None:
+            raise TangentError(f"method '{self.name}' does not expose the parameters it trains (its 'selected' "
+                               "selection), so no kernel of its run can be computed")
+        return selected
+
+    def decay_selection(self, selection: ParamSelection) -> ParamSelection | None:
+        """The part of a :meth:`kernel_selection` whose trained values are the model's own entries — what the
+        optimizer's decoupled weight decay (toward 0) shrinks; None when no part is. Default: all of it."""
+        return selection
 
     def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Name -> parameter for everything that trains (default: all with ``requires_grad``)."""

@@ -2,7 +2,8 @@
 
 :func:`predict_run` takes a :class:`TrainConfig` (the run the user will launch), draws the run's own training
 and eval examples (``data.sampling.run_examples``), parameterizes a fresh copy of the model the way the method
-will (a LoRA candidate gets the LoRA kernel), computes the eNTK (SGD) or the SignGD kernel (AdamW) on a sample
+will (a LoRA candidate gets the LoRA kernel; an S2FT run the kernel of its weight slices,
+``FineTuneMethod.kernel_selection``), computes the eNTK (SGD) or the SignGD kernel (AdamW) on a sample
 of the training examples and the eval×train cross-kernel, and replays the run's steps — same batches, learning
 rate schedule, loss, weight decay and pull — in function space (:mod:`tangentft.analysis.dynamics`). The result
 (``prediction.json``) has the curve on the same steps as the run's eval rows in metrics.jsonl, a bootstrap
@@ -80,16 +81,6 @@ def j_theta0(task_model, selection, examples, batch_size: int = 16) -> np.ndarra
     return torch.cat(out).double().numpy()
 
 
-def _selection(method, task_model):
-    sel = getattr(method, "selected", None)
-    if sel is None:
-        raise TangentError(
-            f"prediction: method '{method.name}' does not expose the parameters it trains; predictions cover "
-            "full, head, lora and linearized runs"
-        )
-    return sel
-
-
 def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, draws: int,
               seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Best eval metric of ``draws`` replays, each on a resample (with replacement) of the kernel sample."""
@@ -154,8 +145,7 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     method = method_cls(method_cls.config_class.from_options(cfg.method, {"seed": cfg.seed, **cfg.method_options}))
     tm = build_task_model(cfg.model, task.spec, seed=cfg.seed)
     method.bind_data(data.train)
-    method.prepare(tm)
-    selection = _selection(method, tm)
+    selection = method.kernel_selection(tm)
     signgd = cfg.optimizer == "adamw"
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
@@ -165,7 +155,8 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     t = time.perf_counter()
     f0, f0e = tm.predict(x).double().numpy(), tm.predict(data.eval).double().numpy()
     y, ye = tm.targets(x).double().numpy(), tm.targets(data.eval).double().numpy()
-    jt = (j_theta0(tm, selection, x), j_theta0(tm, selection, data.eval)) if cfg.weight_decay else None
+    decayed = method.decay_selection(selection)
+    jt = (j_theta0(tm, decayed, x), j_theta0(tm, decayed, data.eval)) if cfg.weight_decay and decayed else None
     kp_train, kp_cross = baselines.probe_kernels(tm, x, data.eval, signgd=signgd)
     return RunKernels(k_train.matrix, k_cross.matrix, kp_train, kp_cross, f0, f0e, y, ye, jt, task.spec.kind, signgd,
                       len(data.train), selection.to_json(), tm.head is not None,
