@@ -15,13 +15,17 @@ Claims 4 (analysis vs fine-tune wall time) and 5 (β vs learning curves) read th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from . import common
 
 DOC = __doc__
 NAME = "claim1_kappa"
+CLAIM = common.Claim(
+    claim_id="1", paper="linearization", where="Tables 2 and 5",
+    paper_claim="κ(K+σI) of the trained layers predicts accuracy: lower κ, higher accuracy",
+    paper_figure="negative correlation between κ and accuracy across layer choices and tasks",
+)
 
 
 def layer_sets(model: str, quick: bool) -> list[tuple[str, str]]:
@@ -69,7 +73,6 @@ def records(ctx: common.Context) -> tuple[dict, list[dict]]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="minilm")
     s, recs = records(ctx)
     rows = []
@@ -113,14 +116,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][1].barh(labels, vals, color=["C0"] * len(tasks) + ["C1"] * len(sets))
     axes[0][1].axvline(0, color="k", lw=0.8)
     axes[0][1].set_xlabel("Spearman(κ, accuracy)")
-    path = common.save_figure(fig, ctx)
     our = (f"Spearman(κ, acc) within task mean {common.fmt(w_mean)} "
            f"({', '.join(f'{t} {common.fmt(v)}' for t, v in within.items())}); across tasks mean {common.fmt(a_mean)}")
     return common.write_claim(
-        ctx, claim_id="1", paper="linearization", where="Tables 2 and 5",
-        paper_claim="κ(K+σI) of the trained layers predicts accuracy: lower κ, higher accuracy",
-        paper_figure="negative correlation between κ and accuracy across layer choices and tasks",
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"settings": s, "rows": rows, "spearman_within_task": within, "spearman_across_tasks": across})
 
 

@@ -14,17 +14,20 @@ Quick: sst2, 3 candidates (first, middle, second-to-last layer), n = 16, 32 exam
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from . import common
 
 DOC = __doc__
 NAME = "claim3_layer_choice"
+CLAIM = common.Claim(
+    claim_id="3", paper="linearization", where="Figure 3 / Algorithm 2",
+    paper_claim="ranking candidate layers by r_C picks the layer whose addition helps fine-tuning most",
+    paper_figure="r_C order matches the fine-tuned accuracy order of the added layers",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="minilm")
     n_layers = common.num_layers(ctx.model)
     last = n_layers - 1
@@ -77,14 +80,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][1].legend(fontsize=7)
     for ax in axes[0]:
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    path = common.save_figure(fig, ctx)
     our = (f"Spearman(r_C, −eval loss) {common.fmt(rho_loss)}, (r_C, acc) {common.fmt(rho_acc)}; "
            f"top pick {top_pick} is {'in' if in_top2 else 'not in'} the real top 2 ({', '.join(real_order[:2])})")
     return common.write_claim(
-        ctx, claim_id="3", paper="linearization", where="Figure 3 / Algorithm 2",
-        paper_claim="ranking candidate layers by r_C picks the layer whose addition helps fine-tuning most",
-        paper_figure="r_C order matches the fine-tuned accuracy order of the added layers",
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"settings": s, "rows": rows, "base_only": ref, "spearman_rc_neg_eval_loss": rho_loss,
               "spearman_rc_accuracy": rho_acc, "top_pick": top_pick, "real_order_by_eval_loss": real_order,
               "top_pick_in_real_top2": in_top2})

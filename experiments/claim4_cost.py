@@ -11,17 +11,20 @@ training steps. Same process, same machine state, measured back to back.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from . import claim1_kappa, common
 
 DOC = __doc__
 NAME = "claim4_cost"
+CLAIM = common.Claim(
+    claim_id="4", paper="linearization", where="Table 3",
+    paper_claim="computing the kernel and its analysis costs less than the fine-tune it informs",
+    paper_figure="analysis time well below fine-tuning time",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="minilm")
     s, recs = claim1_kappa.records(ctx)
     rows = []
@@ -55,14 +58,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][0].set_xticks(list(x), labels, rotation=60, fontsize=6)
     axes[0][0].set_ylabel("wall s (CPU, shared)")
     axes[0][0].legend(fontsize=7)
-    path = common.save_figure(fig, ctx)
     our = (f"median analyze/fine-tune wall ratio {common.fmt(med)} ({cheaper}/{len(ratios)} cheaper); "
            f"one analysis ≈ {common.fmt(med_steps)} training steps")
     return common.write_claim(
-        ctx, claim_id="4", paper="linearization", where="Table 3",
-        paper_claim="computing the kernel and its analysis costs less than the fine-tune it informs",
-        paper_figure="analysis time well below fine-tuning time",
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"settings": s, "rows": rows, "median_ratio": med, "median_analysis_in_steps": med_steps})
 
 

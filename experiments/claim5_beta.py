@@ -17,13 +17,17 @@ squared loss — a different unit, reported only for reference.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 from . import claim1_kappa, common
 
 DOC = __doc__
 NAME = "claim5_beta"
+CLAIM = common.Claim(
+    claim_id="5", paper="early-stopping", where="§7.1 and §3.5",
+    paper_claim="faster eigenvalue decay (larger β) gives faster convergence; the kernel gives a data-dependent stopping step",
+    paper_figure="β orders the learning curves; the data-dependent stopping step matches the best step",
+)
 
 
 def predicted(ctx: common.Context, record: dict) -> dict:
@@ -58,7 +62,6 @@ def within_2x(predicted_step: int | None, real_step: int | None) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="minilm")
     s, recs = claim1_kappa.records(ctx)
     rows = []
@@ -103,14 +106,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][1].plot([0, top], [0, top], "k--", lw=0.8)
     axes[0][1].set_xlabel("predicted best step (function-space replay)")
     axes[0][1].set_ylabel("real best step (AdamW)")
-    path = common.save_figure(fig, ctx)
     our = (f"Spearman(β, eval-loss area) within task: {', '.join(f'{t} {common.fmt(v)}' for t, v in within.items())}; "
            f"predicted stop within 2× of the real best step in {len(stop_ok)}/{len(rows)}, Spearman {common.fmt(stop_rho)}")
     return common.write_claim(
-        ctx, claim_id="5", paper="early-stopping", where="§7.1 and §3.5",
-        paper_claim="faster eigenvalue decay (larger β) gives faster convergence; the kernel gives a data-dependent stopping step",
-        paper_figure="β orders the learning curves; the data-dependent stopping step matches the best step",
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"settings": s, "rows": rows, "spearman_beta_auc_within_task": within,
               "predicted_stop_within_2x": len(stop_ok), "spearman_predicted_real_best_step": stop_rho,
               "stopping_units": "predicted and real best steps: the run's AdamW steps; T_hat (reference only): "

@@ -16,7 +16,6 @@ Default: 256 examples, 60 steps, 128 evaluation examples per task. Quick: 64 exa
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,8 +26,11 @@ from . import common
 DOC = __doc__
 NAME = "claim7a_s2ft_generalization"
 S2FT_TYPES = "o:0.1,down:0.1"
-PAPER_CLAIM = "at equal trainable parameters S2FT forgets less and generalizes better out of distribution than LoRA"
-PAPER_FIGURE = "S2FT above LoRA on out-of-distribution tasks, with less forgetting"
+CLAIM = common.Claim(
+    claim_id="7a", paper="S2FT", where="generalization (§5)",
+    paper_claim="at equal trainable parameters S2FT forgets less and generalizes better out of distribution than LoRA",
+    paper_figure="S2FT above LoRA on out-of-distribution tasks, with less forgetting",
+)
 
 
 def lora_rank_matching(model: str, trainable: int, roles: Sequence[str]) -> int:
@@ -77,7 +79,6 @@ def train_method(ctx: common.Context, method: str, task: str) -> tuple[dict, Pat
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="smollm2-135m")
     s = settings(ctx)
     runs = {m: train_method(ctx, m, s["task"]) for m in ("s2ft", "lora")}
@@ -95,10 +96,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results[method] = {Path(t["task"]).name: t for t in ev["add"]["tasks"]}
     if errors:
         return common.write_claim(
-            ctx, claim_id="7a", paper="S2FT", where="generalization (§5)", paper_claim=PAPER_CLAIM,
-            paper_figure=PAPER_FIGURE, our_figure="fine-tunes trained; evaluation failed for " + ", ".join(errors),
-            verdict="not testable", why="; ".join(f"{m}: {e}" for m, e in errors.items()), started=started,
-            figure_path=None, data={"settings": s, "trainable": trainable, "lora_rank": r, "errors": errors,
+            ctx, CLAIM, None, our_figure="fine-tunes trained; evaluation failed for " + ", ".join(errors),
+            verdict="not testable", why="; ".join(f"{m}: {e}" for m, e in errors.items()), data={"settings": s, "trainable": trainable, "lora_rank": r, "errors": errors,
                                     "evaluated": {m: list(v.values()) for m, v in results.items()}})
     rows = []
     for method, per_task in results.items():
@@ -133,14 +132,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][0].axhline(0, color="k", lw=0.8)
     axes[0][0].set_ylabel("fine-tuned − base metric")
     axes[0][0].legend(fontsize=7)
-    path = common.save_figure(fig, ctx)
     our = (f"mean Δ vs base (ID / near / far): S2FT {common.fmt(d['s2ft']['in-distribution'])} / "
            f"{common.fmt(d['s2ft']['near'])} / {common.fmt(d['s2ft']['far'])}, LoRA r={r} "
            f"{common.fmt(d['lora']['in-distribution'])} / {common.fmt(d['lora']['near'])} / {common.fmt(d['lora']['far'])}")
     return common.write_claim(
-        ctx, claim_id="7a", paper="S2FT", where="generalization (§5)",
-        paper_claim=PAPER_CLAIM, paper_figure=PAPER_FIGURE,
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"settings": s, "trainable": trainable,
               "lora_rank": r, "rows": rows, "mean_delta": d})
 

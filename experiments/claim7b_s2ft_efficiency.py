@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,11 @@ from . import common
 
 DOC = __doc__
 NAME = "claim7b_s2ft_efficiency"
+CLAIM = common.Claim(
+    claim_id="7b", paper="S2FT", where="training-efficiency table",
+    paper_claim="S2FT trains faster and with less memory than full fine-tuning and LoRA",
+    paper_figure="1.5–2.7× faster and 1.4–3.0× less memory than full FT; ~10% better than LoRA on both",
+)
 BENCH = Path("benchmarks/s2ft_train.py")
 
 
@@ -48,7 +52,6 @@ def bench_result(ctx: common.Context, tokens: int) -> tuple[dict, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="smollm2-135m")
     tokens = ctx.pick(128, 512)
     b, source = bench_result(ctx, tokens)
@@ -76,15 +79,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][0].set_ylabel(f"s / step (batch 4 × {b.get('tokens')})")
     axes[0][1].bar(methods, [b.get(f"{m}_saved_gb") or 0 for m in methods], color="C1")
     axes[0][1].set_ylabel("activations saved for backward (GB)")
-    path = common.save_figure(fig, ctx)
     our = (f"T={b.get('tokens')}: S2FT {common.fmt(r['speed_vs_full'])}× faster and {common.fmt(r['saved_mem_vs_full'])}× "
            f"less activation memory than full FT; {common.fmt(r['speed_vs_lora'])}× / {common.fmt(r['saved_mem_vs_lora'])}× vs LoRA "
            f"(peak RSS {common.fmt(r['peak_mem_vs_full'])}× / {common.fmt(r['peak_mem_vs_lora'])}×)")
     return common.write_claim(
-        ctx, claim_id="7b", paper="S2FT", where="training-efficiency table",
-        paper_claim="S2FT trains faster and with less memory than full fine-tuning and LoRA",
-        paper_figure="1.5–2.7× faster and 1.4–3.0× less memory than full FT; ~10% better than LoRA on both",
-        our_figure=our, verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure=our, verdict=verdict, why=why,
         data={"benchmark": source, "tokens": b.get("tokens"), "batch": b.get("batch"), "ratios": r, "checks": checks,
               "lora_r": b.get("lora_r"), "trainable": {m: b.get(f"{m}_trainable") for m in methods}})
 

@@ -17,7 +17,6 @@ Quick: sst2, cola (1 pair: reported, too few points for a rank correlation), 8 k
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence
 
 from . import claim7a_s2ft_generalization as c7a
@@ -25,13 +24,17 @@ from . import common
 
 DOC = __doc__
 NAME = "claim8_taskvec_alignment"
+CLAIM = common.Claim(
+    claim_id="8", paper="early-stopping", where="§5.2",
+    paper_claim="tasks whose kernels are weakly aligned at θ0 can be added as task vectors without hurting each other",
+    paper_figure="low cross-task kernel alignment ⇒ merged ≈ own performance",
+)
 KINDS = ("lora", "s2ft")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     from tangentft.taskvec.ops import add, compare
 
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="smollm2-135m")
     s = {"tasks": ctx.pick(["sst2", "cola"], ["sst2", "cola", "cr"]), "n_kernel": ctx.pick(8, 16),
          "n_eval": ctx.pick(32, 64), "n_val": 32, "alpha_search": not ctx.quick}
@@ -79,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     axes[0][0].set_ylabel("harm = 1 − merged/own")
     axes[0][0].axhline(0, color="k", lw=0.8)
     axes[0][0].legend(fontsize=7)
-    path = common.save_figure(fig, ctx)
     parts = []
     for k in KINDS:
         pts = [p for p in points if p["kind"] == k]
@@ -88,10 +90,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      f"harm {common.fmt(min((p['harm'] for p in pts if p['harm'] is not None), default=None))}–"
                      f"{common.fmt(max((p['harm'] for p in pts if p['harm'] is not None), default=None))}")
     return common.write_claim(
-        ctx, claim_id="8", paper="early-stopping", where="§5.2",
-        paper_claim="tasks whose kernels are weakly aligned at θ0 can be added as task vectors without hurting each other",
-        paper_figure="low cross-task kernel alignment ⇒ merged ≈ own performance",
-        our_figure="; ".join(parts), verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure="; ".join(parts), verdict=verdict, why=why,
         data={"settings": s, "alignment": align, "points": points, "spearman_alignment_harm": rho})
 
 

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Context:
     out_root: Path
     runs_root: Path
     data: Path
+    started: float = field(default_factory=time.perf_counter)  # claim.json's wall_s counts from here
 
     @property
     def mode(self) -> str:
@@ -61,7 +62,8 @@ class Context:
 
     def sibling(self, name: str) -> Context:
         """The same arguments for another script (to share its cached configurations)."""
-        return Context(name, self.quick, self.model, self.steps, self.seed, self.out_root, self.runs_root, self.data)
+        return Context(name, self.quick, self.model, self.steps, self.seed, self.out_root, self.runs_root, self.data,
+                       self.started)
 
     def task(self, name: str) -> str:
         return str(self.data / name)
@@ -302,16 +304,29 @@ def save_figure(fig, ctx: Context) -> Path:
     return path
 
 
-def write_claim(ctx: Context, *, claim_id: str, paper: str, where: str, paper_claim: str, paper_figure: str,
-                our_figure: str, verdict: str, why: str, data: dict, started: float, figure_path: Path | None) -> dict:
-    """``claim.json``: the row of the README "Reproductions" table plus the numbers behind it."""
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as a script reproduces it: its number, the paper and where in it, what it claims and what
+    its figure shows (the fixed columns of the README "Reproductions" row)."""
+
+    claim_id: str
+    paper: str
+    where: str
+    paper_claim: str
+    paper_figure: str
+
+
+def write_claim(ctx: Context, claim: Claim, fig, *, our_figure: str, verdict: str, why: str, data: dict) -> dict:
+    """Save ``fig`` as ``<script>.png`` (:func:`save_figure`; None: no figure) and write ``claim.json``: the row of
+    the README "Reproductions" table plus the numbers behind it."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-    claim = {"claim": claim_id, "script": f"experiments/{ctx.name}.py", "paper": paper, "where": where,
-             "paper_claim": paper_claim, "paper_figure": paper_figure, "our_figure": our_figure,
-             "verdict": verdict, "why": why, "mode": ctx.mode, "model": ctx.model,
-             "figure": rel(figure_path) if figure_path else None, "wall_s": time.perf_counter() - started,
-             "note": "CPU, shared 2-core machine", "data": data}
-    write_json(ctx.out / "claim.json", claim)
+    figure_path = save_figure(fig, ctx) if fig is not None else None
+    record = {"claim": claim.claim_id, "script": f"experiments/{ctx.name}.py", "paper": claim.paper,
+              "where": claim.where, "paper_claim": claim.paper_claim, "paper_figure": claim.paper_figure,
+              "our_figure": our_figure, "verdict": verdict, "why": why, "mode": ctx.mode, "model": ctx.model,
+              "figure": rel(figure_path) if figure_path else None, "wall_s": time.perf_counter() - ctx.started,
+              "note": "CPU, shared 2-core machine", "data": data}
+    write_json(ctx.out / "claim.json", record)
     print(f"[{ctx.name}] {verdict}: {our_figure}", flush=True)
-    return claim
+    return record

@@ -15,13 +15,17 @@ Quick: MiniLM, λ ∈ {0, 10, 100}, 32 examples, 12 steps. λ = 0 is one unregul
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence
 
 from . import common
 
 DOC = __doc__
 NAME = "lambda_sweep"
+CLAIM = common.Claim(
+    claim_id="2", paper="linearization", where="Table 1",
+    paper_claim="a larger λ keeps fine-tuning in the linear regime; the selective pull does so without losing accuracy",
+    paper_figure="‖θt−θ0‖, ‖f−f̄‖ and KL fall as λ grows; selective keeps eval accuracy",
+)
 COLUMNS = ("eval_metric", "eval_loss", "theta_dist", "lin_gap", "lin_kl", "output_shift")
 REGS = {"plain": "l2", "selective": "selective"}
 
@@ -70,7 +74,6 @@ def _non_increasing(values: list) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    started = time.perf_counter()
     ctx, _ = common.parse(NAME, DOC, argv, model="")
     models = [m for m in (ctx.model or ctx.pick("minilm", "minilm,smollm2-135m")).split(",") if m]
     ctx.model = ",".join(models)
@@ -108,7 +111,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ax.set_title(f"{model}: {key}", fontsize=8)
             ax.set_xlabel("λ")
         axes[i][0].legend(fontsize=7)
-    path = common.save_figure(fig, ctx)
     parts = []
     for model in models:
         fr = {form: sorted((r for r in all_rows if r["model"] == model and r["form"] == form), key=lambda r: r["lam"])
@@ -119,10 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      f"{sel[-1]['lam']:g}); acc at λ={sel[-1]['lam']:g} selective "
                      f"{common.fmt(sel[-1]['eval_metric'])} vs plain {common.fmt(fr['plain'][-1]['eval_metric'])}")
     return common.write_claim(
-        ctx, claim_id="2", paper="linearization", where="Table 1",
-        paper_claim="a larger λ keeps fine-tuning in the linear regime; the selective pull does so without losing accuracy",
-        paper_figure="‖θt−θ0‖, ‖f−f̄‖ and KL fall as λ grows; selective keeps eval accuracy",
-        our_figure="; ".join(parts), verdict=verdict, why=why, started=started, figure_path=path,
+        ctx, CLAIM, fig, our_figure="; ".join(parts), verdict=verdict, why=why,
         data={"settings": settings_by_model, "rows": all_rows, "per_model": per_model})
 
 

@@ -31,19 +31,26 @@ RESULTS = ROOT / "experiments" / "results" / "predict_vs_real"
 RUNS = ROOT / "runs" / "predict_vs_real"
 DATA = ROOT.parent / "shared" / "data"
 
-# (name, method, params, lr, optimizer): LoRA on different layer sets, full fine-tuning of a few modules.
+# (name, method, params, lr, optimizer[, other method options]): LoRA on different layer sets, full fine-tuning of
+# a few modules, S2FT. S2FT runs on both architectures (BERT's attention output / FFN output columns, LLaMA's o /
+# down columns). MiniLM: the S2FT paper's default o:0.1,down:0.1 (1 of 12 heads and 154 of 1,536 channels per
+# layer, 428,544 weights) plus the head. SmolLM2: a uniform share of o costs at least one KV group of 3 heads per
+# layer (3.3M weights over 30 layers), so S2FT trains down columns only, with the budget of the
+# "lora q,v@all" row (460,800): 26 channels per layer, 449,280 weights.
 CONFIGS = {
     "minilm": [
         ("head", "head", None, 1e-2, "adamw"),
         ("full q,v@all+head", "full", "q,v@all;head", 1e-4, "adamw"),
         ("full o@4,5+head", "full", "o@4,5;head", 1e-4, "adamw"),
         ("lora q,v@all+head", "lora", "lora(r=8):q,v@all;head", 1e-3, "adamw"),
+        ("s2ft o,down+head", "s2ft", None, 1e-4, "adamw", {"types": "o:0.1,down:0.1"}),
     ],
     "smollm2-135m": [
         ("lora q,v@0,15,29", "lora", "lora(r=8):q,v@0,15,29", 1e-3, "adamw"),
         ("lora q,v@all", "lora", "lora(r=8):q,v@all", 5e-4, "adamw"),
         ("full o@29", "full", "o@29", 1e-4, "adamw"),
         ("full down@15,29", "full", "down@15,29", 5e-5, "adamw"),
+        ("s2ft down budget 460800", "s2ft", None, 1e-4, "adamw", {"types": "down", "budget": 460800}),
     ],
 }
 TASKS = ("sst2", "cr", "mr", "cola", "stsb")
@@ -54,10 +61,16 @@ def key(model: str, task: str, name: str) -> str:
     return f"{model}__{task}__{name}".replace(" ", "_").replace("@", "").replace(",", "-").replace("+", "_")
 
 
+def method_options(conf: tuple) -> dict:
+    """A configuration's method options: its ``params`` and any other options it names (S2FT's types, budget)."""
+    params = conf[2]
+    return {**({"params": params} if params else {}), **(conf[5] if len(conf) > 5 else {})}
+
+
 def run_one(model: str, task: str, conf: tuple, args) -> dict:
-    name, method, params, lr, optimizer = conf
+    name, method, params, lr, optimizer = conf[:5]
     cfg = TrainConfig(model=model, task=str(args.data / task), method=method,
-                      method_options={"params": params} if params else {}, optimizer=optimizer, lr=lr,
+                      method_options=method_options(conf), optimizer=optimizer, lr=lr,
                       n_train=args.n_train, n_eval=args.n_eval, max_steps=args.steps, batch_size=args.batch_size,
                       eval_every=args.eval_every, probe_size=16, seed=args.seed)
     run_dir = RUNS / key(model, task, name)
@@ -70,7 +83,8 @@ def run_one(model: str, task: str, conf: tuple, args) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     predict_s = pred["timings"]["total_s"]
     return {
-        "model": model, "task": task, "config": name, "method": method, "params": params, "lr": lr,
+        "model": model, "task": task, "config": name, "method": method, "params": params,
+        "method_options": method_options(conf), "lr": lr,
         "optimizer": optimizer, "n_train": args.n_train, "n_eval": args.n_eval, "steps": args.steps,
         "batch_size": args.batch_size, "eval_every": args.eval_every, "seed": args.seed,
         "prediction": {k: pred[k] for k in ("steps", "eval_loss", "eval_metric", "metric_name", "best_step",
@@ -107,8 +121,9 @@ def refresh_probe(results: list[dict], args) -> int:
     todo = [r for r in results if not r.get("probe_eval_mode")]
     cache: dict = {}
     for r in todo:
+        options = r.get("method_options") or ({"params": r["params"]} if r["params"] else {})
         cfg = TrainConfig(model=r["model"], task=str(args.data / r["task"]), method=r["method"],
-                          method_options={"params": r["params"]} if r["params"] else {}, optimizer=r["optimizer"],
+                          method_options=options, optimizer=r["optimizer"],
                           lr=r["lr"], n_train=r["n_train"], n_eval=r["n_eval"], max_steps=r["steps"],
                           batch_size=r["batch_size"], eval_every=r["eval_every"], probe_size=16, seed=r["seed"])
         ck = (r["model"], r["task"], r["optimizer"] == "adamw")

@@ -398,10 +398,12 @@ def test_analyze_kernels_report_and_compare(tmp_path):
         assert key in data, key
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "![" in md and "LoRA rank r = " in md
-    # the report ends with the train command applying the recommendation, and says which loss λ assumes
-    tail = md[md.index("## Train with these recommendations"):]
-    assert md.index("## Conventions") < md.index("## Train with these") and "--loss mse" in tail
-    assert "tangentft train --model synthetic" in tail and "- loss: the trainer's mean squared loss" in tail
+    # the theory's run is labelled as such in the conventions and says which loss λ assumes; without the train
+    # layer's prediction (tangentft.train.recommend) there is no run to launch and no command
+    theory = md[md.index("### The theory's run"):]
+    assert md.index("## Conventions") < md.index("### The theory's run") and "Not the recommendation" in theory
+    assert "full-batch SGD on the mean squared loss" in theory and "- loss: the trainer's mean squared loss" in theory
+    assert "## The run to launch" not in md and "tangentft train" not in md
     assert json.loads(json.dumps(AnalysisReport.from_json(data).to_json())) == data
     for f in ("spectrum.png", "candidates.png", "kernel.png"):
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
@@ -409,6 +411,41 @@ def test_analyze_kernels_report_and_compare(tmp_path):
     assert rows[0]["kappa"] == pytest.approx(data["condition_number"]["value"]) and len(rows) == 2
     with pytest.raises(TangentError, match="no analysis report"):
         report.compare_rows([tmp_path / "missing"])
+
+
+def test_the_theory_run_translates_the_ridge_and_stopping_numbers_to_the_trainer():
+    """λ on ½‖f − Y‖² is λ_train = 2λ/(n·K) on the trainer's mean squared loss, lr = α/2, and a pull that would
+    overshoot (lr·λ_train > 1) takes smaller steps, more of them, for the same effective time α·T̂."""
+    import shlex
+
+    from tangentft.analysis import run
+    from tangentft.analysis.result import AnalysisReport
+    from tangentft.train.recommend import theory_run
+
+    kb, kx, cands, y, f0, ye, f0e = _synthetic_problem()
+    kern = run.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)
+    rep = AnalysisReport.from_kernels(kern, model="tiny-llama", task="t", task_name="t", task_kind="classification",
+                                      params="lora(r=4):q,v@0", candidates_spec="o@::5", candidate_groups=list(cands),
+                                      seed=2)
+    for reg, step_size, t_hat in ((0.3, 0.02, 7), (1000.0, 0.02, 7), (0.3, 0.02, 0)):
+        rep.krr = {**rep.krr, "sigma": reg}
+        rep.lambda_circ = None
+        rep.stopping = {**rep.stopping, "T_hat": t_hat, "step_size": step_size}
+        rec = rep.recommendation = run.recommendation(rep)
+        lam_train = 2 * reg / (12 * 2)
+        lr = min(step_size / 2, 0.5 / lam_train)
+        assert rec.theory_lam == pytest.approx(lam_train) and rec.theory_lr == pytest.approx(lr)
+        assert rec.theory_steps == max(1, math.ceil(t_hat * (step_size / 2) / lr - 1e-9))
+        assert rec.theory_lr * rec.theory_lam <= 0.5 + 1e-12  # the pull never overshoots
+        assert (rec.theory_steps == 12) if reg == 1000.0 else (rec.theory_lr == step_size / 2)  # stretched: 7·5/3
+        assert rec.params == "lora(r=4):q,v@0;" + ";".join(f"lora(r=4):o@{g[1:-2]}" for g in rec.candidate_groups)
+        cfg = theory_run(rep)
+        assert (cfg.optimizer, cfg.loss, cfg.reg, cfg.warmup_ratio, cfg.method) == ("sgd", "mse", "l2", 0.0, "lora")
+        assert cfg.batch_size == cfg.n_train == 12 and cfg.max_steps == rec.theory_steps and cfg.seed == 2
+        assert cfg.lr == pytest.approx(rec.theory_lr, rel=1e-3) and cfg.lam == pytest.approx(rec.theory_lam, rel=1e-3)
+        assert cfg.method_options == {"params": rec.params, "lora_r": max(4, rec.lora_rank)}
+        assert "--loss mse" in shlex.join(shlex.split(cfg.command_line("o")))
+    assert rec.theory_steps == 1  # T̂ = 0: one step, the trainer's minimum
 
 
 def test_analyze_kernels_regression_and_bad_input():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from tangentft.cli.main import app
+from tangentft.io import format_number
 
 runner = CliRunner()
 
@@ -60,6 +62,7 @@ def test_end_to_end_tiny_model(tmp_path, data_dir):
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
+    assert f"candidate ranking: {rep['candidate_uncertainty']['verdict']}" in " ".join(res.output.split())
     for key in ("model", "task", "params", "n", "K", "num_params", "eigenvalues", "lambda_max", "lambda_min",
                 "condition_number", "effective_rank", "decay_beta", "decay_beta_stderr", "risk_bounds", "krr",
                 "candidates", "stopping", "lora_min_rank", "lipschitz", "lambda_circ", "timings"):
@@ -73,6 +76,39 @@ def test_end_to_end_tiny_model(tmp_path, data_dir):
         assert (out / f).is_file(), f
     res = runner.invoke(app, ["analyze", "--compare", str(out), str(out)], env={"COLUMNS": "300"})
     assert res.exit_code == 0 and res.output.count("tiny-llama") == 2, res.output
+    lo, hi = rep["run_prediction"]["metric_interval"]
+    assert "no clear winner: the best's interval" in res.output and "★" not in res.output  # the same run twice
+    assert f"[{format_number(lo)}, {format_number(hi)}]" in res.output
+    # a second analysis whose predicted run is clearly better (its interval above the first's) leads, marked
+    better = tmp_path / "better"
+    shutil.copytree(out, better)
+    data = json.loads((better / "report.json").read_text())
+    data["run_prediction"].update(best_metric=hi + 0.2, metric_interval=[hi + 0.1, hi + 0.3])
+    (better / "report.json").write_text(json.dumps(data))
+    res = runner.invoke(app, ["analyze", "--compare", str(out), str(better)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    first = next(i for i, ln in enumerate(lines) if "tiny-llama" in ln)
+    assert "★" in lines[first] and "better" in lines[first] and "★" not in "".join(lines[first + 1:])
+    assert "is the best: its interval lies above the runner-up's" in res.output
+    assert "no clear winner" not in res.output
+
+
+def test_compare_ranking_verdicts():
+    from tangentft.analysis.report import compare_ranking
+
+    def row(run, metric, interval, name="accuracy"):
+        return {"run": run, "metric": name, "run_metric": metric, "run_interval": interval}
+
+    r = compare_ranking([row("a", 0.7, [0.6, 0.8]), row("b", 0.75, [0.65, 0.85]), row("old", None, None)])
+    assert r["order"] == [1, 0, 2] and r["leader"] == "b" and r["runner_up"] == "a" and r["clear_winner"] is False
+    assert r["verdict"].startswith("no clear winner: the best's interval (b 0.75 [0.65, 0.85]) overlaps")
+    r = compare_ranking([row("a", 0.7, [0.6, 0.8]), row("b", 0.95, [0.9, 0.99])])
+    assert r["clear_winner"] is True and r["leader"] == "b" and r["order"] == [1, 0]
+    r = compare_ranking([row("a", 0.7, [0.6, 0.8]), row("old", None, None)])
+    assert r["clear_winner"] is None and r["verdict"].startswith("nothing to rank: 1 of 2")
+    r = compare_ranking([row("a", 0.7, [0.6, 0.8]), row("s", 0.5, [0.4, 0.6], "pearson")])
+    assert r["clear_winner"] is None and "different metrics (accuracy, pearson)" in r["verdict"]
 
 
 def test_without_params_uses_the_default_and_ends_with_a_train_command_that_runs(tmp_path, data_dir):
@@ -86,13 +122,18 @@ def test_without_params_uses_the_default_and_ends_with_a_train_command_that_runs
     assert rep["params"] == "lora(r=8):q,v@0,1" and rep["params_default"]  # tiny-llama has 2 layers
     md = (out / "report.md").read_text()
     assert "no params given: the default" in md
+    # one command: the run to launch ends report.md, is report.json's train_command and the one printed
     command = rep["recommendation"]["train_command"]
-    assert md.rstrip().endswith(rep["recommendation"]["train_command_notes"][-1])
-    assert f"```sh\n{command}\n```" in md and "--loss mse" in command
+    assert md.rstrip().endswith(f"```sh\n{command}\n```") and md.count("tangentft train") == 2
+    assert md.rindex("## The run to launch") > md.index("### The theory's run") > md.index("## Conventions")
+    assert f"train: {command}" in res.output and "--predict" in command and "--optimizer" not in command  # AdamW
+    theory = rep["recommendation"]["theory_command"]
+    assert "--optimizer sgd" in theory and "--loss mse" in theory and theory in md
     args = shlex.split(command)
     assert args[:2] == ["tangentft", "train"]
     args[args.index("--out") + 1] = str(tmp_path / "train")
     res = runner.invoke(app, args[1:])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())
-    assert summary["steps"] == max(1, rep["recommendation"]["steps"])
+    assert summary["steps"] == rep["run_prediction"]["max_steps"] == rep["run_prediction"]["steps"][-1]
+    assert json.loads((tmp_path / "train" / "prediction.json").read_text())["steps"] == rep["run_prediction"]["steps"]

@@ -110,3 +110,22 @@ def test_bad_arguments_exit_with_one_line(experiments, tmp_path, capsys):
         module.main(["--quick", "--data", str(tmp_path)])
     assert "no sst2/ task folder" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "tiny"), [("minilm", "tiny-bert"), ("smollm2-135m", "tiny-llama")])
+def test_predict_vs_real_s2ft_row_runs_end_to_end(experiments, data_dir, tmp_path, monkeypatch, model, tiny):
+    """Each model's S2FT configuration of the calibration harness, on the tiny stand-in of its architecture."""
+    from argparse import Namespace
+
+    harness = experiments("predict_vs_real")
+    monkeypatch.setattr(harness, "RUNS", tmp_path / "runs")
+    conf = next(c for c in harness.CONFIGS[model] if c[1] == "s2ft")
+    args = Namespace(data=data_dir, n_train=8, n_eval=8, steps=4, batch_size=4, eval_every=2, seed=0)
+    res = harness.run_one(tiny, "sst2", conf, args)
+    assert res["method"] == "s2ft" and res["method_options"] == harness.method_options(conf)
+    assert "types" in res["method_options"] and res["prediction"]["kernel"] == "signgd"
+    assert res["prediction"]["steps"] == [s for s, m in zip(res["real"]["steps"], res["real"]["eval_metric"],
+                                                            strict=True) if m is not None] == [0, 2, 4]
+    row = harness.summarize([res])["rows"][0]
+    assert row["config"] == conf[0] and row["interval"][0] <= row["interval"][1]

@@ -174,8 +174,27 @@ def test_an_infinite_learning_rate_is_refused_before_anything_is_written(runs, t
 def test_a_diverging_run_stops_and_saves_no_weights(runs, tmp_path):
     out = tmp_path / "r"
     res = cli(*train_args(runs["task"], out, "--lr", "1e10", "--method", "full", "--max-steps", 10))
-    refused(res, "training diverged at step", "learning rate 1e+10")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    warning, error = (line for line in res.output.splitlines() if line.strip())  # exactly these two lines
+    assert warning.startswith("warning: lr=1e+10 is unusually large for adamw"), warning
+    assert error.startswith("error: ") and "training diverged at step" in error and "learning rate 1e+10" in error
     assert not out.exists()
+
+
+def test_a_learning_rate_above_one_for_adamw_is_one_warning_line(runs, tmp_path):
+    res = cli(*train_args(runs["task"], tmp_path / "r", "--lr", "2", "--method", "lora"))
+    assert res.exit_code == 0, res.output
+    warnings_ = [line for line in res.output.splitlines() if "lr=2" in line]
+    assert warnings_ == ["warning: lr=2 is unusually large for adamw: each step moves every trained weight by about "
+                         "lr (usual values are 1e-5 to 1e-2)"], res.output
+    import warnings
+
+    from tangentft.train.config import TrainConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(lr=1.0)
+        TrainConfig(lr=2.0, optimizer="sgd")  # SGD's step scales with the gradient: no fixed threshold
 
 
 def test_check_diverged_names_the_non_finite_tensor():

@@ -194,6 +194,9 @@ def test_lora_candidates_get_the_lora_kernel_and_the_report_ends_with_the_run(tm
     md = (out / "report.md").read_text()
     tail = md[md.index("## The run to launch"):]
     assert "tangentft train --model tiny-llama" in tail and "--predict" in tail and "| step |" in tail
+    # the recommended candidate is trained as it was analysed: a LoRA adapter of o in layer 1
+    assert rep["recommendation"]["candidate_groups"] == ["L1.o"]
+    assert "--params 'lora(r=4):q,v@0;lora(r=4):o@1'" in rep["recommendation"]["train_command"]
     assert rep["run_prediction"]["steps"][-1] == rep["run_prediction"]["best_step"] or rep["run_prediction"]["best_step"] == 0
     assert "linear probe" in md and "majority" in md
 
@@ -214,3 +217,83 @@ def test_probe_kernel_is_the_head_kernel_with_dropout_on_in_the_model():
         assert np.allclose(kt.matrix, pt, rtol=1e-5, atol=1e-6 * np.abs(pt).max())
         assert np.allclose(kc.matrix, pc, rtol=1e-5, atol=1e-6 * np.abs(pc).max())
     assert tm.training
+
+
+# -- S2FT runs: the kernel of their weight slices ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-gpt2"])
+def test_s2ft_kernel_selection_is_the_adapters_trainable_slice(name):
+    """The S2FT kernel selection, on the un-permuted model, has exactly the S2FT run's trainable count, and its
+    eNTK/SignGD kernel equals the per-example autograd oracle over the injected (co-permuted) adapter's own
+    trainable parameters — the dense deltas and an encoder's head."""
+    from s2ft_helpers import ALL_TYPES
+    from tangentft.models.selection import ParamBlock, ParamSelection
+    from tangentft.ntk import empirical_ntk
+    from tangentft.ntk.reference import reference_ntk
+
+    cls = get_method("s2ft")
+
+    def method(seed):
+        types = ",".join(f"{r}:{v}" for r, v in ALL_TYPES[name].items())  # rows and columns of every role
+        return cls(cls.config_class.from_options("s2ft", {"types": types, "seed": seed}))
+
+    tm = tiny_task_model(name)
+    sel = method(1).kernel_selection(tm)
+    assert getattr(tm, "peft_model", None) is None  # computed on the unchanged base, nothing injected
+    adapted = tiny_task_model(name)
+    method(1).prepare(adapted)
+    trained = {n: p for n, p in adapted.named_parameters() if p.requires_grad}
+    assert any(".s2ft_delta." in n for n in trained)
+    assert sel.num_params(tm) == sum(p.numel() for p in trained.values())
+    own = ParamSelection([ParamBlock(n, n.rsplit(".", 1)[0], n.rsplit(".", 1)[1], "linear", "all") for n in trained])
+    other = method(2).kernel_selection(tiny_task_model(name))  # other units: the check can tell selections apart
+    x, x2 = toy_examples(5), toy_examples(3, seed=3)
+    for signgd in (False, True):
+        ref = reference_ntk(adapted, own, x, x2, signgd=signgd).matrix
+        k = empirical_ntk(tm, sel, x, x2, signgd=signgd).matrix
+        assert np.abs(k - ref).max() < 1e-5 * np.abs(ref).max()
+        assert np.abs(empirical_ntk(tm, other, x, x2, signgd=signgd).matrix - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+def test_s2ft_weight_decay_has_no_theta0_term_on_its_slices():
+    from tangentft.models.selection import select
+
+    cls = get_method("s2ft")
+    tm = tiny_task_model("tiny-bert")
+    m = cls(cls.config_class.from_options("s2ft", {"types": "o:0.5,down:0.25"}))
+    sel = m.kernel_selection(tm)
+    decayed = m.decay_selection(sel)  # the deltas start at 0: only the whole head decays toward 0
+    assert {b.name for b in decayed} == {b.name for b in select(tm, "head")}
+    no_head = cls(cls.config_class.from_options("s2ft", {"types": "o:0.5"}))
+    assert no_head.decay_selection(no_head.kernel_selection(tiny_task_model("tiny-llama"))) is None
+
+
+def test_cli_train_s2ft_predict(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from tangentft.cli.main import app
+
+    run = tmp_path / "run"
+    args = ["train", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--method", "s2ft", "--method-opt",
+            "types=o:0.5,down:0.25", "--method-opt", "strategy=A", "--n-train", "12", "--n-eval", "10", "--max-steps", "6", "--eval-every", "2",
+            "--batch-size", "4", "--lr", "0.01", "--predict", "--out", str(run)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    pred = json.loads((run / "prediction.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert pred["steps"] == [r["step"] for r in rows if "eval_metric" in r] == [0, 2, 4, 6]
+    assert pred["kernel"] == "signgd" and pred["n"] == 12
+    assert pred["selection"]["spec"].startswith("s2ft: o: 1/2 units")
+    # tiny-llama: 2 layers; o: 1 KV group of 2 (2 query heads × 8 = 16 columns × 32 rows), down: 12 of 48 columns
+    named = {b["name"]: b for b in pred["selection"]["blocks"]}
+    assert sum(len(b["in_idx"]) * 32 for b in named.values()) == 2 * (16 * 32 + 12 * 32)
+    # the kernel's columns are the ones the run trained (strategy A ranks on the run's own training examples)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    trained = {k[k.index("layers."):].removesuffix(".s2ft_index"): sorted(v.tolist())
+               for k, v in saved.items() if k.endswith(".s2ft_index")}
+    assert len(trained) == 4 and trained == {n[n.index("layers."):].removesuffix(".weight"): list(b["in_idx"])
+                                             for n, b in named.items()}
+    assert pred["eval_metric"][0] == pytest.approx(rows[0]["eval_metric"])  # same eval examples, same f0
+    assert pred["eval_loss"][0] == pytest.approx(rows[0]["eval_loss"], rel=1e-4)
+    assert "Predicted vs real" in (run / "summary.md").read_text()

@@ -246,3 +246,55 @@ def test_cli_train_takes_template_and_label_words(tmp_path, data_dir):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["task_spec"]["template"] == "Text: {sentence}\nMood:"
     assert cfg["task_spec"]["label_words"] == [" bad", " good"] == cfg["train"]["label_words"]
+
+
+ROUND_TRIP = [
+    TrainConfig(model="tiny-llama", task="data/sst2"),
+    TrainConfig(model="tiny-bert", task="data/my task", template="Review: {sentence}\nIt's", label_words=[" bad", " good"],
+                columns={"sentence": "text", "label": "y"}, method="lora",
+                method_options={"params": "lora(r=4):q,v@0;lora(r=4):o@1", "lora_r": 8, "lora_alpha": 16.0},
+                reg="selective", lam=0.5, reg_per_element=True, weight_decay=0.01, optimizer="sgd", lr=0.0123,
+                warmup_ratio=0.0, epochs=3, max_steps=7, batch_size=4, grad_accum=2, loss="mse", n_train=16, n_eval=8,
+                eval_every=2, early_stop=2, val_fraction=0.2, probe_size=4, eval_batch_size=5, seed=3,
+                stop_at="kernel-rule", num_labels=3, score_range=[0.0, 5.0], device="cpu", dtype="bfloat16",
+                grad_checkpointing=True),
+    TrainConfig(model="tiny-llama", task="t.tsv", method="s2ft",
+                method_options={"types": "o:0.5,down:0.25", "strategy": "R", "calibration_size": "4"}),
+    TrainConfig(model="tiny-llama", task="t.tsv", method="full", method_options={"params": "q,v@all;norm@1"},
+                lr=1e-5, n_eval=0),
+]
+
+
+@pytest.mark.parametrize("cfg", ROUND_TRIP, ids=["defaults", "every-field", "s2ft", "full"])
+def test_command_line_reads_back_as_the_same_config(cfg, monkeypatch, tmp_path):
+    """TrainConfig.command_line is the train command's inverse: the real CLI parses it back to an equal config."""
+    import shlex
+
+    import tangentft.train.run
+
+    seen = {}
+
+    def fake_run(c, out_dir, **kw):
+        seen.update(cfg=c, out=out_dir, predict=kw["predict"])
+        return {"steps": 0, "last": {}}
+
+    monkeypatch.setattr(tangentft.train.run, "run_training", fake_run)
+    args = shlex.split(cfg.command_line(tmp_path / "out", predict=True))
+    assert args[:2] == ["tangentft", "train"] and args[-2:] == ["--out", str(tmp_path / "out")]
+    res = _cli(*args[2:])
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"] == cfg and seen["out"] == tmp_path / "out" and seen["predict"]
+
+
+def test_command_line_flags_are_the_train_options_and_unsayable_values_are_refused():
+    import typer.main
+
+    from tangentft.cli.main import app
+
+    options = {o for p in typer.main.get_command(app).commands["train"].params for o in p.opts}
+    for name in ("lr", "max_steps", "n_train", "reg_per_element", "label_words", "score_range", "grad_checkpointing"):
+        assert TrainConfig.flag(name) in options, name
+    with pytest.raises(TangentError, match="field n_eval is None"):
+        TrainConfig(n_eval=None).command_line("o")
+    assert TrainConfig(method_options={"lora_r": "8"}).method_options == {"lora_r": 8}  # stored typed
+    assert "--method-opt calibration_size=4" in ROUND_TRIP[2].command_line("o")

@@ -78,33 +78,49 @@ def _sigma_spread(kr: dict) -> str:
             f"({_g(sp['log10_range'], 2)} decades{', stable' if sp['stable'] else ', UNSTABLE'})")
 
 
-def _run_section(rp: dict | None) -> list[str]:
-    """The report's end: the train command that applies the recommendation and its predicted curve."""
-    if not rp:
+def _theory_section(rec: Recommendation) -> list[str]:
+    """The theory's run: the setting λ and T̂ were derived for, as the trainer would run it (not the recommendation)."""
+    if rec.theory_lr is None:
+        return []
+    lines = ["", "### The theory's run", "",
+             f"Not the recommendation (that is the run to launch, at the end): the setting the ridge λ and the stopping "
+             f"step T̂ were derived for, as the trainer would run it — full-batch SGD on the mean squared loss, "
+             f"{rec.theory_steps} steps (T̂ = {rec.steps}), lr = α/2 = {_g(rec.theory_lr)}, λ_train = 2λ/(n·K) = "
+             f"{_g(rec.theory_lam)} (l2 pull toward θ0).", ""]
+    if rec.theory_command:
+        lines += ["```sh", rec.theory_command, "```", ""]
+    return lines + [f"- {note}" for note in rec.theory_notes]
+
+
+def _run_section(rp: dict | None, command: str | None) -> list[str]:
+    """The report's end: the predicted curve of the run to launch, then its ``tangentft train`` command."""
+    if not rp or not command:
         return []
     name = rp["metric_name"]
     lo, hi = rp["metric_interval"]
     b = rp.get("baselines", {})
     beats = all(rp["best_metric"] > v for v in (b.get("zero_shot"), b.get("majority"), b.get("linear_probe"))
                 if v is not None and v == v)
-    lines = ["## The run to launch", "", "```sh", rp["command"], "```", "",
-             f"Predicted from the {rp['kernel']} kernel of exactly these parameters on the run's own n = {rp['n']} "
-             f"training examples, replayed over its steps: best eval {name} **{_g(rp['best_metric'], 3)}** "
-             f"[{_g(lo, 3)}, {_g(hi, 3)}] at step {rp['best_step']} (over a ten-epoch horizon the best was "
-             f"{_g(rp['horizon']['best_metric'], 3)} at step {rp['horizon']['best_step']}). An interval below 2 points "
-             f"needs n ≈ {rp['n_for_2_points']}. Baselines: zero-shot {_g(b.get('zero_shot'), 3)}, majority "
-             f"{_g(b.get('majority'), 3)}, linear probe {_g(b.get('linear_probe'), 3)} — the prediction "
+    lines = ["", "## The run to launch", "",
+             f"{ {'adamw': 'AdamW', 'sgd': 'SGD'}.get(rp['optimizer'], rp['optimizer'])} on the analysed parameters "
+             f"plus the recommended candidate groups, stopped at its predicted best step. Predicted from the {rp['kernel']} kernel of exactly these parameters on the run's "
+             f"own n = {rp['n']} training examples, replayed over its steps: best eval {name} "
+             f"**{_g(rp['best_metric'], 3)}** [{_g(lo, 3)}, {_g(hi, 3)}] at step {rp['best_step']} (over a ten-epoch "
+             f"horizon the best was {_g(rp['horizon']['best_metric'], 3)} at step {rp['horizon']['best_step']}). An "
+             f"interval below 2 points needs n ≈ {rp['n_for_2_points']}. Baselines: zero-shot "
+             f"{_g(b.get('zero_shot'), 3)}, majority {_g(b.get('majority'), 3)}, linear probe "
+             f"{_g(b.get('linear_probe'), 3)} — the prediction "
              + ("beats all of them." if beats else "does NOT beat all of them: do not act on it."), "",
              f"| step | predicted eval_loss | predicted eval {name} |", "|---|---|---|"]
     for s_, loss, m in zip(rp["steps"], rp["eval_loss"], rp["eval_metric"], strict=True):
         lines.append(f"| {s_} | {_g(loss)} | {_g(m, 3)} |")
-    lines += [""] + [f"- {w}" for w in rp.get("warnings", [])] + [""]
-    return lines
+    lines += [""] + [f"- {w}" for w in rp.get("warnings", [])]
+    return lines + ["", "```sh", command, "```"]
 
 
 def render_markdown(rep: AnalysisReport) -> str:
-    """The human report: what was analysed, key numbers, recommendation, candidates, figures, conventions, and
-    last the ``tangentft train`` command that applies the recommendation."""
+    """The human report: what was analysed, key numbers, recommendation, candidates, figures, conventions with the
+    theory's run, and last the run to launch: its predicted curve and its ``tangentft train`` command."""
     kr, st, rb, rec = rep.krr, rep.stopping, rep.risk_bounds, rep.recommendation
     cn = rep.condition_number
     metric = kr["eval_metric_name"]
@@ -196,8 +212,7 @@ def render_markdown(rep: AnalysisReport) -> str:
                     "kernel": "kernel heatmap", "bounds": "Theorems 2–4 bound curves over steps (T̂ dashed)"}
         for name, file in figs.items():
             lines += [f"![{captions.get(name, name)}]({file})", ""]
-    lines += _run_section(rep.run_prediction)
-    lines += [f"> **Warning:** {w}" for w in rep.warnings or []]
+    lines += [f"> **Warning:** {w}\n" for w in rep.warnings or []]
     notes = list(rep.eigenvalue_notes or []) + list(kr.get("warnings") or [])
     lines += [
         "## Conventions",
@@ -214,9 +229,8 @@ def render_markdown(rep: AnalysisReport) -> str:
         f"- Timings: {', '.join(f'{k} {v:.1f}s' for k, v in (rep.timings or {}).items() if isinstance(v, float))}.",
     ]
     lines += [f"- Note: {n}" for n in notes]
-    if rec.train_command:
-        lines += ["", "## Train with these recommendations", "", "```sh", rec.train_command, "```", ""]
-        lines += [f"- {note}" for note in rec.train_command_notes]
+    lines += _theory_section(rec)
+    lines += _run_section(rep.run_prediction, rec.train_command)
     return "\n".join(lines) + "\n"
 
 
@@ -241,16 +255,20 @@ def load_report(directory) -> AnalysisReport:
         raise TangentError(f"{path}: not an analysis report ({exc})") from None
 
 
-COMPARE_COLUMNS = ("run", "model", "task", "params", "n", "kappa", "beta", "metric", "predicted", "zero_shot", "train_loss", "T_hat")
+COMPARE_COLUMNS = ("run", "model", "task", "params", "n", "kappa", "beta", "metric", "predicted", "zero_shot", "train_loss",
+                   "T_hat", "run_metric", "run_interval", "run_best_step")
 
 
 def compare_rows(directories) -> list[dict]:
-    """One row per analysis folder: κ, β and the predicted metrics (linearization paper, Tables 2 and 5)."""
+    """One row per analysis folder: κ, β and the predicted metrics (linearization paper, Tables 2 and 5) — the
+    ridge limit (``predicted``) and the predicted run's best metric with its bootstrap interval over the kernel
+    sample (``run_metric``, ``run_interval``; None for a report made before runs were predicted)."""
     if not directories:
         raise TangentError("comparing analyses needs at least one analysis folder")
     rows = []
     for d in directories:
         r = load_report(d)
+        rp = r.run_prediction or {}
         rows.append({
             "run": str(d),
             "model": r.model,
@@ -264,5 +282,36 @@ def compare_rows(directories) -> list[dict]:
             "zero_shot": r.krr.get("zero_shot_metric"),
             "train_loss": r.krr["train_loss"],
             "T_hat": r.stopping["T_hat"],
+            "run_metric": rp.get("best_metric"),
+            "run_interval": rp.get("metric_interval"),
+            "run_best_step": rp.get("best_step"),
         })
     return rows
+
+
+def compare_ranking(rows: list[dict]) -> dict:
+    """Rank :func:`compare_rows` rows (configurations, tasks) by the predicted run's best metric and say whether
+    the ranking decides: the leader is a clear winner only when its bootstrap interval lies above the runner-up's
+    (issue 11 §3: every ranking comes with its uncertainty). Returns ``order`` (row indices, best first; rows
+    without a predicted run last), ``leader``/``runner_up`` (row runs), ``clear_winner`` (None when nothing can
+    be ranked) and a one-line ``verdict``."""
+    ranked = [i for i, r in enumerate(rows) if r.get("run_metric") is not None and r.get("run_interval")]
+    order = sorted(ranked, key=lambda i: -rows[i]["run_metric"]) + [i for i in range(len(rows)) if i not in ranked]
+    out = {"order": order, "leader": None, "runner_up": None, "clear_winner": None}
+    metrics = sorted({rows[i]["metric"] for i in ranked})
+    if len(ranked) < 2:
+        return {**out, "verdict": f"nothing to rank: {len(ranked)} of {len(rows)} analyses have a predicted run "
+                                  "(reports made before runs were predicted have none)"}
+    if len(metrics) > 1:
+        return {**out, "verdict": f"not ranked: the analyses predict different metrics ({', '.join(metrics)})"}
+
+    def show(i: int) -> str:
+        lo, hi = rows[i]["run_interval"]
+        return f"{rows[i]['run']} {_g(rows[i]['run_metric'], 3)} [{_g(lo, 3)}, {_g(hi, 3)}]"
+
+    best, second = order[0], order[1]
+    clear = bool(rows[best]["run_interval"][0] > rows[second]["run_interval"][1])
+    verdict = (f"{show(best)} is the best: its interval lies above the runner-up's, {show(second)}" if clear else
+               f"no clear winner: the best's interval ({show(best)}) overlaps the runner-up's ({show(second)})")
+    return {**out, "leader": rows[best]["run"], "runner_up": rows[second]["run"], "clear_winner": clear,
+            "verdict": verdict}

@@ -3,7 +3,7 @@
 :class:`KernelAnalysis` is the numpy part (everything read off the kernels and targets); :class:`AnalysisReport`
 adds what was analysed (model, task, selection, sample) and the model-dependent checks (Lipschitz
 estimates, bound curves, rank advice) and ends in a :class:`Recommendation`, with the ``tangentft train``
-command that applies it. report.json is :meth:`AnalysisReport.to_json`; report.md and ``analyze --compare``
+command of the run to launch. report.json is :meth:`AnalysisReport.to_json`; report.md and ``analyze --compare``
 read the same object back through :meth:`AnalysisReport.from_json`. Sections computed by one module
 (``krr``, ``stopping``, ``risk_bounds``, ``lipschitz``, …) stay that module's JSON dict.
 """
@@ -50,10 +50,14 @@ class KernelAnalysis:
 
 @dataclass(kw_only=True)
 class Recommendation:
-    """What to do, in numbers, and the ``tangentft train`` command that does it.
+    """What to do, in numbers, the theory's run, and the ``tangentft train`` command of the run to launch.
 
-    ``regularization`` is λ in the analysis's sum-of-squares loss ½‖f − Y‖² + (λ/2)‖θ − θ0‖²;
-    ``train_lam`` is the same pull for the trainer's mean squared loss (``loss`` = mse), 2λ/(n·K).
+    ``regularization`` is λ in the analysis's sum-of-squares loss ½‖f − Y‖² + (λ/2)‖θ − θ0‖². The ``theory_*``
+    fields are the setting the ridge and stopping numbers were derived for, as the trainer would run it:
+    full-batch SGD on the mean squared loss with the pull ``theory_lam`` = 2λ/(n·K), lr ``theory_lr`` = α/2
+    for ``theory_steps`` steps (:func:`tangentft.analysis.run.theory_run_numbers`). ``train_command`` is the
+    run to launch (AdamW, its curve predicted in the report's ``run_prediction``); it and ``theory_command`` are
+    written by :mod:`tangentft.train.recommend`.
     """
 
     lora_rank: int
@@ -63,10 +67,14 @@ class Recommendation:
     steps: int
     step_size: float
     candidate_groups: list[str]
-    train_lam: float | None = None
-    train_lr: float | None = None
+    params: str | None = None  # the analysed parameters plus the recommended candidate groups
+    theory_lam: float | None = None
+    theory_lr: float | None = None
+    theory_steps: int | None = None
+    theory_lora_rank: int | None = None
+    theory_notes: list[str] = field(default_factory=list)
+    theory_command: str | None = None
     train_command: str | None = None
-    train_command_notes: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

@@ -181,18 +181,29 @@ def _sample(task, n: int, n_eval: int | None, seed: int):
     return x, x_eval, pool_name
 
 
+def _lora_term(params: str, term: str) -> str:
+    """``term`` as a candidate of ``params`` trains: a LoRA adapter of the same rank and alpha when the parameters
+    are LoRA factors (``lora(r=8):...``); head, embed and terms that name their kind already stay."""
+    import re
+
+    m = re.match(r"\s*(lora(\([^)]*\))?:)", params)
+    if not m or term.startswith("lora") or term in ("head", "embed"):
+        return term
+    return m.group(1) + term
+
+
 def lora_candidates(params: str, candidates: str | None) -> str | None:
     """Candidates as they would be trained: with LoRA parameters (``lora(r=8):...``) each plain candidate term
     becomes a LoRA term of the same rank and alpha, so its kernel is the LoRA kernel of that module."""
-    import re
-
     if candidates is None:
         return None
-    m = re.match(r"\s*(lora(\([^)]*\))?:)", params)
-    if not m:
-        return candidates
-    terms = [t.strip() for t in candidates.split(";") if t.strip()]
-    return ";".join(t if t.startswith("lora") or t in ("head", "embed") else m.group(1) + t for t in terms)
+    return ";".join(_lora_term(params, t.strip()) for t in candidates.split(";") if t.strip())
+
+
+def recommended_params(params: str, groups: list[str]) -> str:
+    """The selection that trains ``params`` plus the candidate ``groups`` (labels such as ``L5.o``), each group a
+    term as it was analysed (:func:`group_term`, a LoRA adapter when ``params`` are LoRA factors)."""
+    return ";".join([params, *(_lora_term(params, group_term(g)) for g in groups)])
 
 
 def _adapted_shapes(task_model, selection) -> dict[str, tuple[int, int]]:
@@ -389,8 +400,9 @@ def _probe_metric(tm, x, x_eval, y, f0, y_eval, f0_eval, kind: str, seed: int) -
 
 
 def recommendation(rep: AnalysisReport) -> Recommendation:
-    """What to do, in numbers: candidate groups to add, LoRA rank, regularization λ, number of steps, and the
-    ``tangentft train`` command applying them (:func:`train_command`)."""
+    """What to do, in numbers: candidate groups to add (and the selection with them), LoRA rank, regularization λ,
+    number of steps, and the theory's run (:func:`theory_run_numbers`). The ``tangentft train`` command is made
+    by the train layer (:mod:`tangentft.train.recommend`), which turns these numbers into runs."""
     st = rep.stopping
     krr_sigma = rep.krr["sigma"]
     lam_circ = rep.lambda_circ
@@ -403,8 +415,9 @@ def recommendation(rep: AnalysisReport) -> Recommendation:
         step_size=st["step_size"],
         candidate_groups=(rep.candidate_recommendation or {}).get("groups", []),
     )
-    if rep.model and rep.task and rep.params:
-        train_command(rep, rec)
+    if rep.params:
+        rec.params = recommended_params(rep.params, rec.candidate_groups)
+        theory_run_numbers(rep, rec)
     return rec
 
 
@@ -422,49 +435,32 @@ def group_term(group: str) -> str:
     return f"{role}@{layer}" if role in ALL_ROLES else f"norm@{layer}"
 
 
-def train_command(rep: AnalysisReport, rec: Recommendation) -> None:
-    """Fill ``rec.train_command``: the ``tangentft train`` run the recommendation describes, in the setting the
-    numbers were derived for — gradient descent (SGD, one batch of the n analysed examples) on the mean
-    squared loss, whose step α = 2·lr (see :mod:`tangentft.train.kernel_rule`), T̂ steps, and the pull
-    λ_train = 2λ/(n·K): the analysis's ½‖f − Y‖² + (λ/2)‖θ − θ0‖² divided by n·K/2 is the trainer's mean
-    squared loss plus (λ_train/2)‖θ − θ0‖²."""
-    import shlex
-
+def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
+    """Fill the theory's run into ``rec``: the setting the ridge and stopping numbers were derived for, as the
+    trainer would run it — gradient descent (SGD, one batch of the n analysed examples) on the mean squared loss,
+    whose step α = 2·lr (see :mod:`tangentft.train.kernel_rule`), T̂ steps, and the pull λ_train = 2λ/(n·K): the
+    analysis's ½‖f − Y‖² + (λ/2)‖θ − θ0‖² divided by n·K/2 is the trainer's mean squared loss plus
+    (λ_train/2)‖θ − θ0‖². It is the theory's number, not the recommended run (that one is AdamW, predicted)."""
     from ..models.selection import parse_spec
 
     n_rows = rep.n * rep.K
-    rec.train_lam = 2.0 * rec.regularization / n_rows
+    rec.theory_lam = 2.0 * rec.regularization / n_rows
     # α = 2·lr; the pull must not overshoot (lr·λ ≤ 1, PullToInit), so a strong pull takes smaller steps,
     # more of them: the rule's effective time η = α·T̂ is what the steps must cover
-    rec.train_lr = min(rec.step_size / 2.0, 0.5 / rec.train_lam) if rec.train_lam > 0 else rec.step_size / 2.0
-    stretch = rec.step_size / 2.0 / rec.train_lr
-    terms = parse_spec(rep.params)
-    params = ";".join([rep.params, *(group_term(g) for g in rec.candidate_groups)])
-    lora = any(t.lora is not None for t in terms)
-    args = ["tangentft", "train", "--model", rep.model, "--task", rep.task]
-    if rep.template is not None:
-        args += ["--template", rep.template.replace("\n", "\\n")]
-    if rep.label_words is not None:
-        args += ["--label-words", ",".join(rep.label_words)]
-    args += ["--method", "lora" if lora else "full", "--params", params]
-    if lora:
-        args += ["--lora-r", str(max(rec.lora_rank, max(int(t.lora.get("r", DEFAULT_LORA_RANK)) for t in terms
-                                                          if t.lora is not None)))]
-    steps = max(1, math.ceil(rec.steps * stretch - 1e-9))
-    args += ["--loss", "mse", "--optimizer", "sgd", "--lr", f"{rec.train_lr:.4g}", "--reg", "l2",
-             "--lam", f"{rec.train_lam:.4g}", "--max-steps", str(steps), "--n-train", str(rep.n),
-             "--batch-size", str(rep.n), "--warmup-ratio", "0", "--seed", str(rep.seed), "--out", "runs/recommended"]
-    rec.train_command = shlex.join(args)
-    rec.train_command_notes = [
-        f"loss: the trainer's mean squared loss over the K = {rep.K} outputs (--loss mse), the loss the stopping "
-        f"rule and λ were derived for; λ = {rec.regularization:.4g} on ½‖f − Y‖² becomes --lam 2λ/(n·K) = "
-        f"{rec.train_lam:.4g}",
-        f"steps: full-batch SGD on n = {rep.n} training examples with lr = α/2 = {rec.train_lr:.4g} (α the rule's "
+    rec.theory_lr = min(rec.step_size / 2.0, 0.5 / rec.theory_lam) if rec.theory_lam > 0 else rec.step_size / 2.0
+    stretch = rec.step_size / 2.0 / rec.theory_lr
+    rec.theory_steps = max(1, math.ceil(rec.steps * stretch - 1e-9))
+    lora_ranks = [int(t.lora.get("r", DEFAULT_LORA_RANK)) for t in parse_spec(rep.params) if t.lora is not None]
+    rec.theory_lora_rank = max(rec.lora_rank, *lora_ranks) if lora_ranks else None
+    rec.theory_notes = [
+        f"loss: the trainer's mean squared loss over the K = {rep.K} outputs, the loss the stopping rule and λ were "
+        f"derived for; λ = {rec.regularization:.4g} on ½‖f − Y‖² becomes λ_train = 2λ/(n·K) = {rec.theory_lam:.4g}",
+        f"steps: full-batch SGD on n = {rep.n} training examples with lr = α/2 = {rec.theory_lr:.4g} (α the rule's "
         f"step size) for T̂ = {rec.steps} steps" + (" (T̂ = 0: one step, the trainer's minimum)" if rec.steps == 0 else "")
         if stretch == 1 else
         f"steps: full-batch SGD on n = {rep.n} training examples; the rule's step α/2 = {rec.step_size / 2:.4g} would "
-        f"overshoot the pull (lr·λ > 1), so lr = 1/(2λ) = {rec.train_lr:.4g} for {steps} steps, the same effective "
-        f"time α·T̂ as T̂ = {rec.steps} steps of α",
+        f"overshoot the pull (lr·λ > 1), so lr = 1/(2λ_train) = {rec.theory_lr:.4g} for {rec.theory_steps} steps, the "
+        f"same effective time α·T̂ as T̂ = {rec.steps} steps of α",
     ]
-    if lora and rec.lora_rank > DEFAULT_LORA_RANK:
-        rec.train_command_notes.append(f"--lora-r {rec.lora_rank}: the LoRA-NTK rank bound for K·N = {n_rows}")
+    if rec.theory_lora_rank is not None and rec.lora_rank > DEFAULT_LORA_RANK:
+        rec.theory_notes.append(f"LoRA rank {rec.lora_rank}: the LoRA-NTK rank bound for K·N = {n_rows}")

@@ -42,7 +42,8 @@ def analyze(
     num_labels: int = typer.Option(None, "--num-labels", help=NUM_LABELS_HELP),
     score_range: str = typer.Option(None, "--score-range", help=SCORE_RANGE_HELP),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder for report.json, report.md and figures."),
-    compare: bool = typer.Option(False, "--compare", help="Tabulate κ, β and predicted metrics of analysis folders."),
+    compare: bool = typer.Option(False, "--compare", help="Tabulate κ, β and predicted metrics of analysis folders, best "
+                                 "predicted run first, with bootstrap intervals and whether there is a clear winner."),
     against: Path = typer.Option(None, "--against", help="A finished train run: predict its curve from the kernel at "
                                  "θ0 with its own settings and compare (prediction.json, against.md, figures/)."),
     device: str = device_option(),
@@ -53,16 +54,25 @@ def analyze(
     from ..errors import TangentError
 
     if compare:
-        from ..analysis.report import compare_rows
+        from ..analysis.report import compare_ranking, compare_rows
 
         rows = compare_rows(dirs or [])
-        table = Table(title="analyses")
-        for col in ("run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "predicted", "zero-shot", "train loss", "T̂"):
-            table.add_column(col, justify="left" if col in ("run", "model", "task", "params", "metric") else "right")
-        for r in rows:
-            table.add_row(Path(r["run"]).name, r["model"], r["task"], r["params"], format_number(r["n"]), format_number(r["kappa"]), format_number(r["beta"]),
-                          r["metric"], format_number(r["predicted"]), format_number(r["zero_shot"]), format_number(r["train_loss"]), format_number(r["T_hat"]))
+        ranking = compare_ranking(rows)
+        table = Table(title="analyses, best predicted run first")
+        for col in ("", "run", "model", "task", "params", "n", "κ(K+σI)", "β", "metric", "ridge limit", "zero-shot",
+                    "train loss", "T̂", "predicted run", "95% interval", "best step"):
+            table.add_column(col, justify="left" if col in ("", "run", "model", "task", "params", "metric") else "right")
+        for i in ranking["order"]:
+            r = rows[i]
+            mark = "★" if ranking["clear_winner"] and r["run"] == ranking["leader"] else ""
+            interval = "[{}, {}]".format(*map(format_number, r["run_interval"])) if r["run_interval"] else "–"
+            table.add_row(mark, Path(r["run"]).name, r["model"], r["task"], r["params"], format_number(r["n"]),
+                          format_number(r["kappa"]), format_number(r["beta"]), r["metric"],
+                          format_number(r["predicted"]), format_number(r["zero_shot"]), format_number(r["train_loss"]),
+                          format_number(r["T_hat"]), format_number(r["run_metric"]), interval,
+                          format_number(r["run_best_step"]))
         console.print(table)
+        console.print(ranking["verdict"], highlight=False, soft_wrap=True)
         return
     if dirs:
         raise TangentError(f"unexpected argument {dirs[0]}: folders are only taken with --compare")
@@ -75,13 +85,11 @@ def analyze(
     if relaunch(ctx, nproc):
         return
     from .. import distributed
+    from ..device import resolve_device
     from ..io import check_out_dir
+    from ..train.recommend import analyze_and_recommend
 
     check_out_dir(out)
-    from ..analysis.report import write_report
-    from ..analysis.run import analyze as run_analysis
-    from ..device import resolve_device
-
     distributed.init(resolve_device(device))
     main = distributed.is_main()
     bar = progress(disable=not main)
@@ -95,87 +103,52 @@ def analyze(
         bar.update(tasks[stage], completed=done, total=total)
 
     try:
-        rep, k_base, kernel = run_analysis(model, task, params, candidates, n=n, n_eval=n_eval, seed=seed, sigma=sigma,
-                                           step_size=step_size, noise=noise, progress=report_progress,
-                                           template=template.replace("\\n", "\n") if template else None,
-                                           label_words=label_words.split(",") if label_words else None,
-                                           task_options=task_options(num_labels, score_range),
-                                           device=device, dtype=dtype)
-        rep.run_prediction = _run_prediction(rep, n, report_progress)
-        if main:
-            write_report(rep, out, k_base)
-            kernel.save(out / "kernel")
+        rep = analyze_and_recommend(model, task, params, candidates, n=n, out=out if main else None,
+                                    progress=report_progress, n_eval=n_eval, seed=seed, sigma=sigma,
+                                    step_size=step_size, noise=noise,
+                                    template=template.replace("\\n", "\n") if template else None,
+                                    label_words=label_words.split(",") if label_words else None,
+                                    task_options=task_options(num_labels, score_range), device=device, dtype=dtype)
     finally:
         if tasks:  # stopping a bar that never started prints a stray blank line
             bar.stop()
         distributed.shutdown()
     if not main:
         return
-    kr, rec = rep.krr, rep.recommendation
+    kr, rec, rp = rep.krr, rep.recommendation, rep.run_prediction
     console.print(f"[bold]{model}[/] on [cyan]{rep.task_name}[/] ({rep.params}): κ(K+σI) = {format_number(rep.condition_number['value'])}, "
                   f"β = {format_number(rep.decay_beta)}, predicted {kr['eval_metric_name']} {format_number(kr['eval_metric'])} "
                   f"(zero-shot {format_number(kr.get('zero_shot_metric'))})")
     console.print(f"recommend: LoRA r = {rec.lora_rank}, λ = {format_number(rec.regularization)}, ~{rec.steps} steps"
                   + (f", add {', '.join(rec.candidate_groups)}" if rec.candidate_groups else ""))
-    if rec.train_command:
-        console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
-    rp = rep.run_prediction
+    if rep.candidate_uncertainty:
+        console.print(f"candidate ranking: {rep.candidate_uncertainty['verdict']}", highlight=False, soft_wrap=True)
     console.print(f"predicted run: best {rp['metric_name']} {format_number(rp['best_metric'])} "
                   f"[{format_number(rp['metric_interval'][0])}, {format_number(rp['metric_interval'][1])}] at step "
-                  f"{rp['best_step']}:\n  {rp['command']}", highlight=False)
+                  f"{rp['best_step']}", highlight=False)
+    console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}")
 
 
 def _against(run_dir: Path, out: Path | None, n: int) -> None:
     from ..errors import TangentError
-    from ..io import atomic_write
-    from ..train.against import check_run
-    from ..train.predict import predict_run, write_prediction
-    from ..train.run import load_config
+    from ..train.against import predict_against
 
     if out is None:
         raise TangentError("analyze --against needs --out")
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise TangentError(f"{run_dir}: not a finished train run (no metrics.jsonl)")
-    cfg = load_config(run_dir)
-    with progress() as bar:
-        tid = bar.add_task("kernel", total=None)
-        pred = predict_run(cfg, n=n, progress=lambda stage, d, tot: bar.update(tid, completed=d, total=tot))
-    write_prediction(out, pred)
-    cmp, md = check_run(pred, run_dir, out / "figures")
-    atomic_write(out / "against.md", f"# Prediction against {run_dir.name}\n\n" + md)
+    bar, tasks = progress(), []
+
+    def report_progress(stage: str, done: int, total: int) -> None:
+        if not tasks:  # started with the work, so a refused run prints its one error line only
+            bar.start()
+            tasks.append(bar.add_task("kernel", total=None))
+        bar.update(tasks[0], completed=done, total=total)
+
+    try:
+        pred, cmp = predict_against(run_dir, out, n=n, progress=report_progress)
+    finally:
+        if tasks:
+            bar.stop()
     console.print(f"predicted best {pred['metric_name']} {format_number(cmp.get('predicted_best'))} (step "
                   f"{cmp.get('predicted_best_step')}), real {format_number(cmp.get('real_best'))} (step "
                   f"{cmp.get('real_best_step')}); report: {out / 'against.md'}")
-
-
-def train_command(cfg, out: str) -> str:
-    """The ``tangentft train`` command line of a TrainConfig (the CLI owns the flag names)."""
-    parts = ["tangentft train", f"--model {cfg.model}", f"--task {cfg.task}", f"--method {cfg.method}"]
-    if cfg.method_options.get("params"):
-        parts.append(f"--params '{cfg.method_options['params']}'")
-    parts += [f"--optimizer {cfg.optimizer}", f"--lr {cfg.lr:g}", f"--batch-size {cfg.batch_size}",
-              f"--max-steps {cfg.max_steps}", f"--eval-every {cfg.eval_every}", f"--n-train {cfg.n_train}",
-              f"--n-eval {cfg.n_eval}", f"--seed {cfg.seed}", "--predict", f"--out {out}"]
-    return " ".join(parts)
-
-
-def _run_prediction(rep, n: int, report_progress) -> dict:
-    """Predict the run that applies the recommendation: a horizon of ten epochs, then the command stopping at
-    the predicted best step, with its own predicted curve (the schedule depends on the run length)."""
-    from dataclasses import replace
-
-    from ..train.predict import predict_with, recommended_run, run_kernels
-
-    cfg = recommended_run(rep)
-    rk = run_kernels(cfg, n=n, progress=report_progress)
-    horizon = predict_with(rk, cfg)
-    best = horizon["best_step"]
-    chosen = cfg if best <= 0 else replace(cfg, max_steps=best, eval_every=max(1, best // 5))
-    pred = predict_with(rk, chosen)
-    pred["command"] = train_command(chosen, "runs/recommended")
-    pred["horizon"] = {"steps": horizon["steps"], "eval_metric": horizon["eval_metric"],
-                       "best_step": best, "best_metric": horizon["best_metric"]}
-    if best <= 0:
-        pred["warnings"] = [*pred["warnings"], "the replay predicts no gain over θ0 within ten epochs"]
-    return pred

@@ -30,12 +30,12 @@ from .common import (
 def _field(name: str, *aliases: str, default=dataclasses.MISSING, extra: str = "") -> typer.models.OptionInfo:
     """The option for config field ``name``: ``--name-with-dashes``, the field's default and help text."""
     value = TrainConfig.default(name) if default is dataclasses.MISSING else default
-    return typer.Option(value, f"--{name.replace('_', '-')}", *aliases, help=TrainConfig.help(name) + extra)
+    return typer.Option(value, TrainConfig.flag(name), *aliases, help=TrainConfig.help(name) + extra)
 
 
 def _method_field(name: str, config: type[MethodConfig] = MethodConfig) -> typer.models.OptionInfo:
     """The option for method-config field ``name`` (collected into ``method_options``); help from the field."""
-    return typer.Option(None, f"--{name.replace('_', '-')}", help=config.help()[name])
+    return typer.Option(None, TrainConfig.flag(name), help=config.help()[name])
 
 
 def _method_opts(pairs: list[str] | None) -> dict[str, str]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import TangentError
+from ..models.selection import ParamSelection
 
 
 @dataclass
@@ -40,6 +41,12 @@ class MethodConfig:
         An option the method has no field for is an error (not silently ignored), naming the method.
         String values (from ``--method-opt key=value``) are converted to the field's annotated bool/int/float type.
         """
+        return cls(**cls.coerce_options(method, options))
+
+    @classmethod
+    def coerce_options(cls, method: str, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` without the ones not given (None), each string converted to its field's bool/int/float
+        type; an option the method has no field for is an error naming the method."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
@@ -49,7 +56,7 @@ class MethodConfig:
                 opts = ", ".join(sorted(known))
                 raise TangentError(f"option '{key}' does not apply to method '{method}' (its options: {opts})")
             kwargs[key] = _coerce(key, value, known[key])
-        return cls(**kwargs)
+        return kwargs
 
     def to_json(self) -> dict[str, Any]:
         """The config as a plain dict (for config.json)."""
@@ -96,6 +103,23 @@ class FineTuneMethod(ABC):
     def bind_data(self, examples: list) -> None:  # noqa: B027
         """Receive the training examples before :meth:`prepare`, for methods whose parameter selection is
         data-dependent (S2FT's activation/gradient strategies). Default: not needed."""
+
+    def kernel_selection(self, task_model: nn.Module) -> ParamSelection:
+        """Parameterize a fresh ``task_model`` the way this method trains it and return the selection of exactly
+        the parameters it trains: what a kernel at θ0 of this method's run is taken over. Default:
+        :meth:`prepare` and the ``selected`` it records (a method whose trained coordinates are entries of the
+        base weights at θ0 may instead return them on the unchanged model, see S2FT)."""
+        self.prepare(task_model)
+        selected = getattr(self, "selected", None)
+        if selected is None:
+            raise TangentError(f"method '{self.name}' does not expose the parameters it trains (its 'selected' "
+                               "selection), so no kernel of its run can be computed")
+        return selected
+
+    def decay_selection(self, selection: ParamSelection) -> ParamSelection | None:
+        """The part of a :meth:`kernel_selection` whose trained values are the model's own entries — what the
+        optimizer's decoupled weight decay (toward 0) shrinks; None when no part is. Default: all of it."""
+        return selection
 
     def trainable_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Name -> parameter for everything that trains (default: all with ``requires_grad``)."""

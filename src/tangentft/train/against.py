@@ -7,11 +7,13 @@ linear regime the prediction assumes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, format_number
+from ..errors import TangentError
+from ..io import atomic_path, atomic_write, format_number
 from .plots import read_metrics
 
 LINEAR_REGIME_RATIO = 0.3  # lin_gap / output_shift above this: the run's f is no longer its linearization
@@ -132,3 +134,21 @@ def check_run(prediction: dict, run_dir: Path, fig_dir: Path) -> tuple[dict, str
     cmp = compare(prediction, rows)
     plot_overlay(prediction, rows, Path(fig_dir) / "prediction.png")
     return cmp, comparison_markdown(prediction, cmp)
+
+
+def predict_against(run_dir: Path, out_dir: Path, *, n: int | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict]:
+    """Predict the finished run in ``run_dir`` from the kernel at θ0 with its own config
+    (:func:`tangentft.train.predict.predict_run`, ``n`` caps the kernel sample) and compare it with the run:
+    writes prediction.json, against.md and figures/prediction.png into ``out_dir``; returns (prediction, comparison)."""
+    from .config import load_config
+    from .predict import predict_run, write_prediction
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise TangentError(f"{run_dir}: not a finished train run (no metrics.jsonl)")
+    prediction = predict_run(load_config(run_dir), n=n, progress=progress)
+    write_prediction(out_dir, prediction)
+    cmp, md = check_run(prediction, run_dir, out_dir / "figures")
+    atomic_write(out_dir / "against.md", f"# Prediction against {run_dir.name}\n\n" + md)
+    return prediction, cmp

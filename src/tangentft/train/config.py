@@ -1,4 +1,6 @@
-"""The training run's configuration: every field with its help text, validated once, when it is built.
+"""The training run's configuration: every field with its help text, validated once, when it is built, written
+as the ``train`` command that reads back to it (:meth:`TrainConfig.command_line`) and read back from a run folder's
+config.json (:func:`load_config`).
 
 Each field's ``metadata["help"]`` is the only copy of its description: the ``train`` command's option
 help is generated from it. Errors name the field (``lr``, ``max_steps``), never a command-line flag, so
@@ -8,14 +10,23 @@ the library reads the same from Python as from the CLI.
 from __future__ import annotations
 
 import math
+import shlex
+import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from ..errors import TangentError
+from ..schemas import RunConfig, parse, read_json
 from .regularization import OPTIMIZERS, REG_MODES
 
+CONFIG = "config.json"  # a run folder's config, its TrainConfig under "train"
 LOSSES = ("ce", "mse")
 STOP_RULES = ("kernel-rule",)
+# Learning rates above which a run is legal but almost surely a mistake: Adam's step moves every trained
+# weight by about lr, so lr > 1 moves each weight by more than its usual size at every step. SGD's step
+# scales with the gradient, so no fixed threshold says "too large" for it.
+LARGE_LR = {"adamw": 1.0}
 
 
 def _h(text: str, default: Any = None, **kw):
@@ -79,6 +90,8 @@ class TrainConfig:
         from ..models.selection import parse_spec
 
         method = get_method(self.method)
+        # stored typed, so a config built from strings (``key=value`` options) equals the one built from values
+        self.method_options = method.config_class.coerce_options(self.method, self.method_options)
         method.config_class.from_options(self.method, {"seed": self.seed, **self.method_options})
         if self.method_options.get("params"):
             parse_spec(str(self.method_options["params"]))  # unknown module types fail before any loading
@@ -116,6 +129,10 @@ class TrainConfig:
             value = getattr(self, name)  # inf passes the range checks and trains to NaN weights
             if value is not None and not math.isfinite(value):
                 raise TangentError(f"{name} must be a finite number, got {value}")
+        large = LARGE_LR.get(self.optimizer)
+        if large is not None and self.lr > large:
+            warnings.warn(f"lr={self.lr:g} is unusually large for {self.optimizer}: each step moves every trained weight "
+                          f"by about lr (usual values are 1e-5 to 1e-2)", stacklevel=4)
 
     def task_options(self) -> dict:
         """The keyword arguments of :func:`tangentft.data.load_task` this config fixes."""
@@ -133,6 +150,42 @@ class TrainConfig:
         f = next(f for f in fields(cls) if f.name == name)
         return None if f.default is MISSING else f.default
 
+    @staticmethod
+    def flag(name: str) -> str:
+        """The ``train`` command's option for field ``name``: ``--name-with-dashes``."""
+        return f"--{name.replace('_', '-')}"
+
+    def command_line(self, out: str | Path, *, predict: bool = False) -> str:
+        """The ``tangentft train`` command that runs this config into ``out`` (shell-quoted): model, task and every
+        field that differs from its default, under the option :meth:`flag` names (``method_options``: ``params``
+        as ``--params``, the rest as ``--method-opt key=value``; ``columns`` as ``--text-column``/``--label-column``);
+        ``predict`` adds ``--predict`` (the run predicts its own curve first)."""
+        args = ["tangentft", "train"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default is MISSING else f.default
+            if value == default and f.name not in ("model", "task"):
+                continue
+            if value is None:
+                raise TangentError(f"field {f.name} is None (default {default!r}): the train command cannot say that")
+            if f.name == "method_options":
+                for key, v in value.items():
+                    args += ["--params", str(v)] if key == "params" else ["--method-opt", f"{key}={v}"]
+            elif f.name == "columns":
+                args += [a for key, opt in (("sentence", "--text-column"), ("label", "--label-column")) if key in value
+                         for a in (opt, value[key])]
+            elif isinstance(value, bool):
+                args.append(self.flag(f.name))  # every bool field defaults to False: the option is a switch
+            elif f.name == "template":
+                args += [self.flag(f.name), value.replace("\n", "\\n")]
+            elif isinstance(value, list):  # label_words, score_range
+                args += [self.flag(f.name), ",".join(str(v) for v in value)]
+            else:
+                args += [self.flag(f.name), str(value)]
+        if predict:
+            args.append("--predict")
+        return shlex.join([*args, "--out", str(out)])
+
     def to_json(self) -> dict:
         """The config as a plain dict (config.json's ``train`` entry)."""
         return asdict(self)
@@ -142,3 +195,17 @@ class TrainConfig:
         """A config from :meth:`to_json` output; keys of older or newer versions that are not fields are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load_run_config(out_dir: Path) -> tuple[RunConfig, TrainConfig]:
+    """The run's config.json, validated, and the TrainConfig it was started with."""
+    path = Path(out_dir) / CONFIG
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise TangentError(f"{out_dir} is a file, not a tangentft train output folder")
+    record = read_json(path, RunConfig, missing=f"{out_dir}: not a tangentft train output folder (no config.json)")
+    return record, parse(TrainConfig, record.train, f"{path} field 'train'")
+
+
+def load_config(out_dir: Path) -> TrainConfig:
+    """The config a run in ``out_dir`` was started with (for ``--resume``)."""
+    return load_run_config(out_dir)[1]

@@ -2,7 +2,8 @@
 
 :func:`predict_run` takes a :class:`TrainConfig` (the run the user will launch), draws the run's own training
 and eval examples (``data.sampling.run_examples``), parameterizes a fresh copy of the model the way the method
-will (a LoRA candidate gets the LoRA kernel), computes the eNTK (SGD) or the SignGD kernel (AdamW) on a sample
+will (a LoRA candidate gets the LoRA kernel; an S2FT run the kernel of its weight slices,
+``FineTuneMethod.kernel_selection``), computes the eNTK (SGD) or the SignGD kernel (AdamW) on a sample
 of the training examples and the eval×train cross-kernel, and replays the run's steps — same batches, learning
 rate schedule, loss, weight decay and pull — in function space (:mod:`tangentft.analysis.dynamics`). The result
 (``prediction.json``) has the curve on the same steps as the run's eval rows in metrics.jsonl, a bootstrap
@@ -80,16 +81,6 @@ def j_theta0(task_model, selection, examples, batch_size: int = 16) -> np.ndarra
     return torch.cat(out).double().numpy()
 
 
-def _selection(method, task_model):
-    sel = getattr(method, "selected", None)
-    if sel is None:
-        raise TangentError(
-            f"prediction: method '{method.name}' does not expose the parameters it trains; predictions cover "
-            "full, head, lora and linearized runs"
-        )
-    return sel
-
-
 def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, draws: int,
               seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Best eval metric of ``draws`` replays, each on a resample (with replacement) of the kernel sample."""
@@ -154,8 +145,7 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     method = method_cls(method_cls.config_class.from_options(cfg.method, {"seed": cfg.seed, **cfg.method_options}))
     tm = build_task_model(cfg.model, task.spec, seed=cfg.seed)
     method.bind_data(data.train)
-    method.prepare(tm)
-    selection = _selection(method, tm)
+    selection = method.kernel_selection(tm)
     signgd = cfg.optimizer == "adamw"
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
@@ -165,7 +155,8 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     t = time.perf_counter()
     f0, f0e = tm.predict(x).double().numpy(), tm.predict(data.eval).double().numpy()
     y, ye = tm.targets(x).double().numpy(), tm.targets(data.eval).double().numpy()
-    jt = (j_theta0(tm, selection, x), j_theta0(tm, selection, data.eval)) if cfg.weight_decay else None
+    decayed = method.decay_selection(selection)
+    jt = (j_theta0(tm, decayed, x), j_theta0(tm, decayed, data.eval)) if cfg.weight_decay and decayed else None
     kp_train, kp_cross = baselines.probe_kernels(tm, x, data.eval, signgd=signgd)
     return RunKernels(k_train.matrix, k_cross.matrix, kp_train, kp_cross, f0, f0e, y, ye, jt, task.spec.kind, signgd,
                       len(data.train), selection.to_json(), tm.head is not None,
@@ -247,31 +238,6 @@ def predict_run(cfg: TrainConfig, *, n: int | None = None, draws: int = 100,
     """Predict the learning curve of the run ``cfg`` describes (module docstring): :func:`run_kernels` then
     :func:`predict_with`. Returns the ``prediction.json`` dict; ``n`` caps the kernel sample (default 256)."""
     return predict_with(run_kernels(cfg, n=n, progress=progress), cfg, draws=draws)
-
-
-def recommended_run(rep, *, steps: int | None = None, lr: float | None = None) -> TrainConfig:
-    """The training run that applies an ``analyze`` report's (:class:`~tangentft.analysis.result.AnalysisReport`)
-    recommendation: its parameters plus the recommended
-    candidate groups, the LoRA method when the parameters are LoRA factors (candidates become LoRA adapters of the
-    same rank), AdamW, trained on the analysis' own kernel sample (``n_train`` = n, same seed and eval examples)."""
-    import re
-
-    params = rep.params
-    lora = re.match(r"\s*lora(\([^)]*\))?:", params)
-    extra = []
-    for g in (rep.recommendation.candidate_groups if rep.recommendation else []):
-        m = re.fullmatch(r"L(\d+)\.(\w+)", g)
-        if m:
-            extra.append(f"{m.group(2)}@{m.group(1)}")
-    if extra:
-        params = ";".join([params] + [(lora.group(0).strip() if lora else "") + e for e in extra])
-    n = int(rep.n)
-    total = steps or max(10, min(200, 10 * math.ceil(n / 8)))  # ten epochs at batch 8 unless told
-    return TrainConfig(model=rep.model, task=rep.task, template=rep.template, label_words=rep.label_words,
-                       method="lora" if lora else "full",
-                       method_options={"params": params}, optimizer="adamw", lr=lr or TrainConfig.default("lr"), n_train=n,
-                       n_eval=int(rep.n_eval or n), max_steps=total, eval_every=max(1, total // 10),
-                       seed=int(rep.seed))
 
 
 def write_prediction(out_dir: Path, prediction: dict) -> Path:

@@ -24,32 +24,17 @@ from ..errors import TangentError
 from ..io import check_out_dir, ensure_dir, remove_dir, write_json
 from ..methods.base import get_method
 from ..models.fingerprint import base_weights_fingerprint
-from ..schemas import PredictionRecord, RunConfig, parse, read_json
+from ..schemas import PredictionRecord, RunConfig, read_json
 from .checkpoint import CHECKPOINT, checkpoint_step
-from .config import TrainConfig
+from .config import CONFIG, TrainConfig, load_config, load_run_config
 from .loop import Trainer, split_data
 from .plots import plot_run, read_metrics
 from .report import write_summary
 
-CONFIG = "config.json"
 # Fields a resumed run may change: more steps or epochs continue the same run further (the linear decay is
 # then spread over the new total from the resumed step on); where it runs and whether it recomputes
 # activations change time and memory, not what is computed.
 RESUMABLE = ("max_steps", "epochs", "device", "grad_checkpointing")
-
-
-def load_run_config(out_dir: Path) -> tuple[RunConfig, TrainConfig]:
-    """The run's config.json, validated, and the TrainConfig it was started with."""
-    path = Path(out_dir) / CONFIG
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise TangentError(f"{out_dir} is a file, not a tangentft train output folder")
-    record = read_json(path, RunConfig, missing=f"{out_dir}: not a tangentft train output folder (no config.json)")
-    return record, parse(TrainConfig, record.train, f"{path} field 'train'")
-
-
-def load_config(out_dir: Path) -> TrainConfig:
-    """The config a run in ``out_dir`` was started with (for ``--resume``)."""
-    return load_run_config(out_dir)[1]
 
 
 def resume_config(out_dir: Path, changes: dict | None = None) -> TrainConfig:
@@ -61,6 +46,8 @@ def resume_config(out_dir: Path, changes: dict | None = None) -> TrainConfig:
     for name, value in (changes or {}).items():
         if name not in known:
             raise TangentError(f"resume: unknown config field '{name}'")
+        if name == "method_options":  # compared as the config stores them, typed ('lora_r=8' is the int 8)
+            value = get_method(stored.method).config_class.coerce_options(stored.method, value)
         if value == getattr(stored, name):
             continue
         if name not in RESUMABLE:

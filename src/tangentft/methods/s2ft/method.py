@@ -9,7 +9,7 @@ unless ``params`` says otherwise) and returns the task model. ``save`` writes th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,10 +19,11 @@ from torch import nn
 from ...data.types import Example
 from ...errors import TangentError
 from ...io import save_safetensors
+from ...models.selection import ParamBlock, ParamSelection
 from ...models.structure import StructureMap
 from ..base import FineTuneMethod, MethodConfig, register_method
 from .config import S2FTConfig
-from .selection import select
+from .selection import select, slice_selection
 
 
 def parse_ratios(text: str) -> dict[str, float]:
@@ -122,6 +123,41 @@ class S2FTMethod(FineTuneMethod):
         for p in self._extra_parameters(task_model):
             p.requires_grad_(True)
         return task_model
+
+    def selection(self, task_model: nn.Module) -> ParamSelection:
+        """The parameters this run trains, on the UN-adapted ``task_model``: the weight rows/columns of the
+        ranked units (:func:`~tangentft.methods.s2ft.selection.slice_selection`, original coordinates) plus the
+        extra tensors :meth:`prepare` unfreezes whole (an encoder's head, or ``params``)."""
+        sel = slice_selection(task_model, self.rank_units(task_model))
+        extra = self.config.params or ("head" if task_model.head is not None else None)
+        if extra is None:
+            return sel
+        from ...models.selection import resolve
+
+        # prepare unfreezes these tensors whole (a fused GPT-2 c_attn too): one whole-tensor block per tensor
+        whole: dict[str, ParamBlock] = {}
+        for b in resolve(task_model, extra).blocks:
+            whole.setdefault(b.name, replace(b, out_idx=None, in_idx=None))
+        return sel + ParamSelection(list(whole.values()), extra)
+
+    def kernel_selection(self, task_model: nn.Module) -> ParamSelection:
+        """:meth:`selection` on the unchanged ``task_model`` (recorded as ``selected``); no adapter is injected.
+
+        Why not co-permute and inject as :meth:`prepare` does: co-permutation reorders hidden units between
+        coupled matrices, which leaves f unchanged (S2FT paper §3.1), and the delta adds to its slice of the
+        permuted weight, so ∂f/∂Δ is ∂f/∂W on exactly the original rows/columns the selection names — the kernel
+        of the trained coordinates is the same at θ0 (and the selection's entries are those coordinates). On the
+        un-permuted base those coordinates are slices of plain linear modules, which the kernel engine computes
+        from per-module activations; an S2FT layer's delta is no module it knows.
+        """
+        self.selected = self.selection(task_model)
+        return self.selected
+
+    def decay_selection(self, selection: ParamSelection) -> ParamSelection | None:
+        """Only the whole extra tensors: the slices train through deltas that start at 0, so weight decay pulls
+        them toward θ0, not toward 0 (no J·θ0 term)."""
+        whole = [b for b in selection.blocks if b.out_idx is None and b.in_idx is None]
+        return ParamSelection(whole, selection.spec) if whole else None
 
     def rank_units(self, task_model, progress: Callable[[int, int], None] | None = None) -> dict:
         """The units (heads/channels per layer) this config trains on ``task_model``: the selection dict of

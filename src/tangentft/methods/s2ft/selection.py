@@ -22,6 +22,9 @@ per layer, best first, with ``variant`` picking the largest or the smallest scor
   norms as soon as backward produces it and then dropped, so full gradients never accumulate.
 
 The result is a JSON-friendly dict stored in :attr:`S2FTConfig.selection` (original numbering).
+
+:func:`slice_selection` turns that dict into a :class:`ParamSelection` of the same entries of the un-permuted
+weights, for kernels of exactly the parameters an S2FT run trains.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from ...errors import TangentError
+from ...models.selection import ParamBlock, ParamSelection
 from ...models.structure import StructureMap
 from .config import ATTN_TYPES, S2FTConfig
 
@@ -253,3 +257,28 @@ def describe(smap: StructureMap, selection: dict) -> str:
     parts = [f"{r}: {per_layer[0]}/{num_units(smap, structure_of(r))} units x {len(per_layer)} layers"
              for r, per_layer in selection["counts"].items()]
     return "; ".join(parts) + f"; trainable {trainable_count(smap, selection):,}"
+
+
+def slice_selection(task_model: nn.Module, selection: dict, *, prefix: str = "hf.") -> ParamSelection:
+    """The weight entries ``selection`` trains, as a :class:`ParamSelection` of row/column slices of the
+    UN-permuted task model: rows of q/k/v/gate/up (within GPT-2's fused ``c_attn`` range), columns of o/down,
+    one block ``L{layer}.{role}`` per trained role and layer. Co-permutation moves exactly these rows/columns
+    into the delta's contiguous slice, so the blocks hold the same scalars as the S2FT deltas (weights only:
+    a delta has no bias part)."""
+    smap: StructureMap = task_model.structure
+    blocks = []
+    for role, counts in selection["counts"].items():
+        ranked = selection[structure_of(role)]
+        for layer, n_units in enumerate(counts):
+            ref = smap.ref(layer, role)
+            channels = unit_channels(smap, role, torch.tensor(ranked[layer][:n_units], dtype=torch.long))
+            path = prefix + ref.path
+            block = ParamBlock(f"{path}.weight", path, "weight", "linear", f"L{layer}.{role}", layer, role,
+                               ref.transposed)
+            if role in COLUMN_TYPES:
+                block = block.sliced(in_idx=sorted(channels.tolist()))
+            else:
+                offset = ref.out_range[0] if ref.out_range is not None else 0
+                block = block.sliced(out_idx=sorted((offset + channels).tolist()))
+            blocks.append(block)
+    return ParamSelection(blocks, f"s2ft: {describe(smap, selection)}")

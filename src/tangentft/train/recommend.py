@@ -1,0 +1,114 @@
+"""An analysis's recommendation as runs of the trainer: the run to launch, its predicted curve, and the theory's run.
+
+:mod:`tangentft.analysis.run` computes the recommendation's numbers (it cannot build a :class:`TrainConfig`:
+analysis sits below train); this module turns them into configs. The run to launch (:func:`recommended_run`) is
+AdamW on the analysed parameters plus the recommended candidate groups, stopped at the best step its predicted
+curve shows (:func:`predict_recommended`); its command is the report's ``train_command``, the one the report ends
+with. The theory's run (:func:`theory_run`) is the setting the ridge and stopping numbers were derived for —
+full-batch SGD on the mean squared loss — kept in the report as the theory's numbers, not as the recommendation.
+Both commands come from :meth:`TrainConfig.command_line`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..analysis.result import AnalysisReport
+from .config import TrainConfig
+from .predict import predict_with, run_kernels
+
+RUN_OUT = "runs/recommended"  # the --out the report's commands name; the user picks their own
+THEORY_OUT = "runs/theory"
+
+
+def _method(params: str) -> str:
+    """lora when the selection trains LoRA factors (its candidates are LoRA adapters too), full otherwise."""
+    from ..models.selection import parse_spec
+
+    return "lora" if any(t.lora is not None for t in parse_spec(params)) else "full"
+
+
+def _params(rep: AnalysisReport) -> str:
+    rec = rep.recommendation
+    return rec.params if rec is not None and rec.params else rep.params
+
+
+def recommended_run(rep: AnalysisReport, *, steps: int | None = None, lr: float | None = None) -> TrainConfig:
+    """The run that applies an ``analyze`` report's recommendation: its parameters plus the recommended candidate
+    groups (:func:`tangentft.analysis.run.recommended_params`), the LoRA method when they are LoRA factors, AdamW,
+    trained on the analysis's own kernel sample (``n_train`` = n, same seed and eval examples); ``steps`` defaults
+    to ten epochs at batch 8 (10 to 200 steps), ``lr`` to the config's default."""
+    params = _params(rep)
+    n = int(rep.n)
+    total = steps or max(10, min(200, 10 * math.ceil(n / 8)))
+    return TrainConfig(model=rep.model, task=rep.task, template=rep.template, label_words=rep.label_words,
+                       method=_method(params), method_options={"params": params}, optimizer="adamw",
+                       lr=lr or TrainConfig.default("lr"), n_train=n, n_eval=int(rep.n_eval or n), max_steps=total,
+                       eval_every=max(1, total // 10), seed=int(rep.seed))
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")  # four digits keep the command readable; the theory's numbers are not that exact
+
+
+def theory_run(rep: AnalysisReport) -> TrainConfig:
+    """The theory's run of a report whose recommendation has its numbers
+    (:func:`tangentft.analysis.run.theory_run_numbers`): full-batch SGD on the mean squared loss over the n
+    analysed examples, lr = α/2, the pull λ_train = 2λ/(n·K) toward θ0, T̂ steps (stretched where the pull
+    needs smaller steps), no warmup."""
+    rec = rep.recommendation
+    params = _params(rep)
+    options: dict[str, Any] = {"params": params}
+    if rec.theory_lora_rank is not None:
+        options["lora_r"] = rec.theory_lora_rank
+    return TrainConfig(model=rep.model, task=rep.task, template=rep.template, label_words=rep.label_words,
+                       method=_method(params), method_options=options, loss="mse", optimizer="sgd",
+                       lr=_round(rec.theory_lr), reg="l2", lam=_round(rec.theory_lam), max_steps=rec.theory_steps,
+                       n_train=int(rep.n), batch_size=int(rep.n), warmup_ratio=0.0, seed=int(rep.seed))
+
+
+def predict_recommended(rep: AnalysisReport, *, n: int | None = None,
+                        progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Predict the run to launch and write it into ``rep``: the curve of :func:`recommended_run` over a ten-epoch
+    horizon, then the run stopping at the predicted best step with its own curve (the schedule depends on the
+    run's length). Sets ``rep.run_prediction`` (with the run's ``max_steps``), ``rep.recommendation.train_command``
+    (that run, with ``--predict``) and ``theory_command`` (:func:`theory_run`); returns the prediction."""
+    cfg = recommended_run(rep)
+    rk = run_kernels(cfg, n=n, progress=progress)
+    horizon = predict_with(rk, cfg)
+    best = horizon["best_step"]
+    chosen = cfg if best <= 0 else replace(cfg, max_steps=best, eval_every=max(1, best // 5))
+    pred = predict_with(rk, chosen)
+    pred["max_steps"] = chosen.max_steps
+    pred["horizon"] = {"steps": horizon["steps"], "eval_metric": horizon["eval_metric"],
+                       "best_step": best, "best_metric": horizon["best_metric"]}
+    if best <= 0:
+        pred["warnings"] = [*pred["warnings"], "the replay predicts no gain over θ0 within ten epochs"]
+    rep.run_prediction = pred
+    rec = rep.recommendation
+    if rec is not None:
+        rec.train_command = chosen.command_line(RUN_OUT, predict=True)
+        if rec.theory_lr is not None:
+            rec.theory_command = theory_run(rep).command_line(THEORY_OUT)
+    return pred
+
+
+def analyze_and_recommend(model: str, task: str, params: str | None = None, candidates: str | None = None, *,
+                          n: int = 32, out: str | Path | None = None,
+                          progress: Callable[[str, int, int], None] | None = None, **options: Any) -> AnalysisReport:
+    """``analyze``: the pre-training analysis (:func:`tangentft.analysis.run.analyze`, ``options`` are its keyword
+    arguments), then the run to launch and its predicted curve (:func:`predict_recommended`). With ``out``, writes
+    report.json, report.md, the figures and the kernel there. Returns the report."""
+    from ..analysis.report import write_report
+    from ..analysis.run import analyze
+
+    rep, k_base, kernel = analyze(model, task, params, candidates, n=n, progress=progress, **options)
+    predict_recommended(rep, n=n, progress=progress)
+    if out is not None:
+        write_report(rep, out, k_base)
+        kernel.save(Path(out) / "kernel")
+    return rep
