@@ -173,6 +173,10 @@ def friendly(fn: Callable) -> Callable:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")  # once per place per command, also when run in-process again
+                # A dependency's notice about its own API (torch.jit.script deprecated, …) is nothing a user can act on
+                for category in (DeprecationWarning, FutureWarning):
+                    warnings.filterwarnings("ignore", category=category)
+                    warnings.filterwarnings("default", category=category, module=r"tangentft\b")
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except TangentError as exc:
