@@ -67,20 +67,30 @@ def test_simulate_refuses_bad_settings():
         simulate(np.eye(3), k, f, f, f, f, plan, loss="ce", optimizer="sgd", task_kind="classification")
 
 
+def _train_with_prediction(run, data_dir, method_args: list[str]):
+    """``train … --predict`` on tiny-llama/sst2 (12 examples, 6 steps, eval every 2): (prediction, metrics rows)."""
+    from typer.testing import CliRunner
+
+    from tangentft.cli.main import app
+
+    args = ["train", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), *method_args, "--n-train", "12",
+            "--n-eval", "10", "--max-steps", "6", "--eval-every", "2", "--batch-size", "4", "--lr", "0.01",
+            "--predict", "--out", str(run)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    pred = json.loads((run / "prediction.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert pred["steps"] == [r["step"] for r in rows if "eval_metric" in r] == [0, 2, 4, 6]
+    return pred, rows
+
+
 def test_cli_train_predict_and_analyze_against(tmp_path, data_dir):
     from typer.testing import CliRunner
 
     from tangentft.cli.main import app
 
     run = tmp_path / "run"
-    args = ["train", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--method", "lora", "--params",
-            "lora(r=2):q,v@0", "--n-train", "12", "--n-eval", "10", "--max-steps", "6", "--eval-every", "2",
-            "--batch-size", "4", "--lr", "0.01", "--predict", "--out", str(run)]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    pred = json.loads((run / "prediction.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert pred["steps"] == [r["step"] for r in rows if "eval_metric" in r] == [0, 2, 4, 6]
+    pred, rows = _train_with_prediction(run, data_dir, ["--method", "lora", "--params", "lora(r=2):q,v@0"])
     assert len(pred["eval_loss"]) == len(pred["eval_metric"]) == 4
     assert pred["kernel"] == "signgd" and pred["n"] == 12
     lo, hi = pred["metric_interval"]
@@ -268,19 +278,9 @@ def test_s2ft_weight_decay_has_no_theta0_term_on_its_slices():
 
 
 def test_cli_train_s2ft_predict(tmp_path, data_dir):
-    from typer.testing import CliRunner
-
-    from tangentft.cli.main import app
-
     run = tmp_path / "run"
-    args = ["train", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--method", "s2ft", "--method-opt",
-            "types=o:0.5,down:0.25", "--method-opt", "strategy=A", "--n-train", "12", "--n-eval", "10", "--max-steps", "6", "--eval-every", "2",
-            "--batch-size", "4", "--lr", "0.01", "--predict", "--out", str(run)]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    pred = json.loads((run / "prediction.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert pred["steps"] == [r["step"] for r in rows if "eval_metric" in r] == [0, 2, 4, 6]
+    pred, rows = _train_with_prediction(run, data_dir, ["--method", "s2ft", "--method-opt", "types=o:0.5,down:0.25",
+                                                        "--method-opt", "strategy=A"])
     assert pred["kernel"] == "signgd" and pred["n"] == 12
     assert pred["selection"]["spec"].startswith("s2ft: o: 1/2 units")
     # tiny-llama: 2 layers; o: 1 KV group of 2 (2 query heads × 8 = 16 columns × 32 rows), down: 12 of 48 columns
