@@ -16,7 +16,8 @@ from .common import (
     dtype_option,
     friendly,
     nproc_option,
-    progress,
+    progress_by_stage,
+    progress_when_working,
     relaunch,
     task_options,
 )
@@ -92,26 +93,16 @@ def analyze(
     check_out_dir(out)
     distributed.init(resolve_device(device))
     main = distributed.is_main()
-    bar = progress(disable=not main)
-    tasks: dict[str, int] = {}
-
-    def report_progress(stage: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()  # only once work starts, so input errors print as one clean line
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
     try:
-        rep = analyze_and_recommend(model, task, params, candidates, n=n, out=out if main else None,
-                                    progress=report_progress, n_eval=n_eval, seed=seed, sigma=sigma,
-                                    step_size=step_size, noise=noise,
-                                    template=template.replace("\\n", "\n") if template else None,
-                                    label_words=label_words.split(",") if label_words else None,
-                                    task_options=task_options(num_labels, score_range), device=device, dtype=dtype)
+        with progress_by_stage(disable=not main) as report_progress:
+            rep = analyze_and_recommend(model, task, params, candidates, n=n, out=out if main else None,
+                                        progress=report_progress, n_eval=n_eval, seed=seed, sigma=sigma,
+                                        step_size=step_size, noise=noise,
+                                        template=template.replace("\\n", "\n") if template else None,
+                                        label_words=label_words.split(",") if label_words else None,
+                                        task_options=task_options(num_labels, score_range), device=device,
+                                        dtype=dtype)
     finally:
-        if tasks:  # stopping a bar that never started prints a stray blank line
-            bar.stop()
         distributed.shutdown()
     if not main:
         return
@@ -136,19 +127,8 @@ def _against(run_dir: Path, out: Path | None, n: int) -> None:
 
     if out is None:
         raise TangentError("analyze --against needs --out")
-    bar, tasks = progress(), []
-
-    def report_progress(stage: str, done: int, total: int) -> None:
-        if not tasks:  # started with the work, so a refused run prints its one error line only
-            bar.start()
-            tasks.append(bar.add_task("kernel", total=None))
-        bar.update(tasks[0], completed=done, total=total)
-
-    try:
-        pred, cmp = predict_against(run_dir, out, n=n, progress=report_progress)
-    finally:
-        if tasks:
-            bar.stop()
+    with progress_when_working("kernel") as update:
+        pred, cmp = predict_against(run_dir, out, n=n, progress=lambda stage, done, total: update(done, total))
     console.print(f"predicted best {pred['metric_name']} {format_number(cmp.get('predicted_best'))} (step "
                   f"{cmp.get('predicted_best_step')}), real {format_number(cmp.get('real_best'))} (step "
                   f"{cmp.get('real_best_step')}); report: {out / 'against.md'}")

@@ -44,29 +44,39 @@ def progress(transient: bool = False, disable: bool = False) -> Progress:
 
 
 @contextlib.contextmanager
-def progress_when_working(description: str, disable: bool = False) -> Iterator[Callable[..., None]]:
-    """Yield ``update(done, total, description=None)``; the bar appears at the first update, so a command
-    refused while it checks its input prints its one error line alone, and an error erases the bar.
-    ``disable`` for ranks other than 0."""
+def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
+    """Yield ``update(stage, done, total, description=None)``, one bar per stage. The bars appear at the first
+    update, so a command refused while it checks its input prints its one error line alone, and an error erases
+    them. ``disable`` for ranks other than 0."""
     bar = progress(disable=disable)
-    task_id = None
+    tasks: dict[str, int] = {}
 
-    def update(done: int, total: int | None, description: str | None = None) -> None:
-        nonlocal task_id
-        if task_id is None:
+    def update(stage: str, done: int, total: int | None, description: str | None = None) -> None:
+        if not tasks:
             bar.start()
-            task_id = bar.add_task(start_text, total=total)
-        bar.update(task_id, completed=done, total=total, **({"description": description} if description else {}))
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total, **({"description": description} if description else {}))
 
-    start_text = description
     try:
         yield update
     except BaseException:
         bar.live.transient = True
         raise
     finally:
-        if task_id is not None:
+        if tasks:  # stopping a bar that never started prints a stray blank line
             bar.stop()
+
+
+@contextlib.contextmanager
+def progress_when_working(stage: str, disable: bool = False) -> Iterator[Callable[..., None]]:
+    """:func:`progress_by_stage` with a single stage: yield ``update(done, total, description=None)``."""
+    with progress_by_stage(disable) as update_stage:
+
+        def update(done: int, total: int | None, description: str | None = None) -> None:
+            update_stage(stage, done, total, description)
+
+        yield update
 
 
 def parse_numbers(text: str | None, option: str) -> list[float] | None:
