@@ -19,8 +19,8 @@ torch.set_num_threads(1)
 
 def train(mode: str, out: str) -> int:
     from conftest import DATA_DIR
-    from tangentft.train.config import TrainConfig
-    from tangentft.train.run import load_config, run_training
+    from tangentft.train.config import TrainConfig, load_config
+    from tangentft.train.run import run_training
 
     kind, batch, *rest = mode.split(":")
     if kind == "resume":

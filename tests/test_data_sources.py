@@ -119,8 +119,8 @@ def test_cli_text_and_label_columns(tmp_path):
 def test_training_reads_columns_from_its_config(tmp_path):
     import json
 
-    from tangentft.train.config import TrainConfig
-    from tangentft.train.run import load_config, run_training
+    from tangentft.train.config import TrainConfig, load_config
+    from tangentft.train.run import run_training
 
     folder = _dataset_dict(tmp_path)
     cfg = TrainConfig(model="tiny-llama", task=str(folder), columns=COLUMNS, method="lora",

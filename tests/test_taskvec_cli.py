@@ -66,8 +66,8 @@ def test_add_searches_alphas_on_validation(runs, tmp_path):
 def test_negation_increases_the_task_loss(runs):
     from tangentft.data import load_task
     from tangentft.taskvec.runs import applied, load_runs, task_model_for
+    from tangentft.train.config import load_config
     from tangentft.train.loop import split_data
-    from tangentft.train.run import load_config
 
     (run,), base = load_runs([runs["sst2"]])
     tm = task_model_for(run, base)

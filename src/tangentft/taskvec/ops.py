@@ -41,8 +41,8 @@ def _same_task(a: str, b: str) -> bool:
 
 
 def _eval_tasks(runs: list[Run], base: LoadedModel, tasks: Sequence[str] | None, n_eval: int, n_val: int, seed: int) -> list[EvalTask]:
+    from ..train.config import load_config
     from ..train.loop import split_data
-    from ..train.run import load_config
 
     out = []
     for path in tasks or [r.task for r in runs]:

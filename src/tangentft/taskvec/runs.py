@@ -49,7 +49,7 @@ class Run:
 
 def read_run(path: str | Path) -> Run:
     """Read a run folder's config.json (one clear line when it is not a finished run)."""
-    from ..train.run import load_run_config
+    from ..train.config import load_run_config
 
     path = Path(path)
     cfg, train = load_run_config(path)
