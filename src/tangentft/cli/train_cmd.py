@@ -20,7 +20,7 @@ from .common import (
     err_console,
     friendly,
     nproc_option,
-    progress,
+    progress_by_stage,
     relaunch,
     task_columns,
     task_options,
@@ -157,30 +157,21 @@ def train(
     main = distributed.is_main()
     # The bar starts with the first step: a run refused while loading prints its one error line only.
     loading = err_console.status(f"{cfg.method}: loading model and data")
-    bar, task_id = progress(disable=not main), None
+    with progress_by_stage(disable=not main) as update:
 
-    def on_step(step: int, total: int, info: dict) -> None:
-        nonlocal task_id
-        if task_id is None:
+        def on_step(step: int, total: int, info: dict) -> None:
             loading.stop()
-            bar.start()
-            task_id = bar.add_task(cfg.method, total=total)
-        extra = " ".join(f"{k} {v:.4g}" for k, v in info.items())
-        bar.update(task_id, completed=step, total=total, description=f"{cfg.method} {extra}")
+            extra = " ".join(f"{k} {v:.4g}" for k, v in info.items())
+            update(cfg.method, step, total, description=f"{cfg.method} {extra}")
 
-    if main:
-        loading.start()
-    try:
-        summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step,
-                               predict=predict, predict_n=predict_n)
-    except BaseException:
-        bar.live.transient = True  # the error line alone, not a half-filled bar above it
-        raise
-    finally:
-        loading.stop()
-        if task_id is not None:
-            bar.stop()
-        distributed.shutdown()
+        if main:
+            loading.start()
+        try:
+            summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step,
+                                   predict=predict, predict_n=predict_n)
+        finally:
+            loading.stop()
+            distributed.shutdown()
     if not main:
         return
     last = summary.get("last") or {}
