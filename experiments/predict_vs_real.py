@@ -15,6 +15,7 @@ time ≤ 1/10 of the fine-tune's; it says which runs left the linear regime.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import time
@@ -24,6 +25,7 @@ import numpy as np
 
 from tangentft.io import atomic_path, atomic_write, format_number, write_json
 from tangentft.train.loop import TrainConfig
+from tangentft.train.predict import NONLINEAR_RATIO
 from tangentft.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +91,7 @@ def run_one(model: str, task: str, conf: tuple, args) -> dict:
         "batch_size": args.batch_size, "eval_every": args.eval_every, "seed": args.seed,
         "prediction": {k: pred[k] for k in ("steps", "eval_loss", "eval_metric", "metric_name", "best_step",
                                               "best_metric", "metric_interval", "n_for_2_points", "kernel", "n",
-                                              "baselines", "warnings", "timings")},
+                                              "baselines", "warnings", "timings", "lora_a_travel")},
         "real": {"steps": [r["step"] for r in rows], "eval_loss": [r.get("eval_loss") for r in rows],
                  "eval_metric": [r.get("eval_metric") for r in rows], "lin_gap": [r.get("lin_gap") for r in rows],
                  "output_shift": [r.get("output_shift") for r in rows], "theta_dist": [r.get("theta_dist") for r in rows],
@@ -149,6 +151,38 @@ def refresh_probe(results: list[dict], args) -> int:
     return len(todo)
 
 
+@functools.cache
+def _lora_a_rms(model: str, params: str, task_path: str, seed: int) -> float | None:
+    from tangentft.data import load_task
+    from tangentft.methods.base import get_method
+    from tangentft.models.task_model import build_task_model
+    from tangentft.train.predict import lora_a_rms
+
+    cls = get_method("lora")
+    method = cls(cls.config_class.from_options("lora", {"seed": seed, "params": params}))
+    tm = build_task_model(model, load_task(task_path).spec, seed=seed)
+    method.kernel_selection(tm)
+    return lora_a_rms(tm)
+
+
+def backfill_lora_a_travel(results: list[dict], args) -> None:
+    """Give results cached before ``prediction.json`` had ``lora_a_travel`` (the a-priori flag: Σ lr over the run's
+    schedule ÷ the smallest RMS of its LoRA A factors at θ0, see ``tangentft.train.predict``) that number,
+    computed the way the prediction computes it. In memory only: the cached JSON is left as it was measured."""
+    from tangentft.train.predict import step_plan
+
+    for r in results:
+        if "lora_a_travel" in r["prediction"]:
+            continue
+        travel = None
+        if r["method"] == "lora" and r["optimizer"] == "adamw":
+            rms = _lora_a_rms(r["model"], r["params"], str(args.data / r["task"]), r["seed"])
+            cfg = TrainConfig(model=r["model"], lr=r["lr"], max_steps=r["steps"], batch_size=r["batch_size"],
+                              eval_every=r["eval_every"], seed=r["seed"])
+            travel = float(sum(step_plan(cfg, r["n_train"]).lrs)) / rms if rms else None
+        r["prediction"]["lora_a_travel"] = travel
+
+
 def spearman(a, b) -> float | None:
     from scipy.stats import spearmanr
 
@@ -179,6 +213,8 @@ def summarize(results: list[dict]) -> dict:
             "majority": r["prediction"]["baselines"]["majority"], "baseline_errors": base, "best_baseline_error": best_base,
             "half_baseline": None if best_base is None else bool(c["best_error"] <= best_base / 2),
             "left_linear_regime": c["left_linear_regime"], "lin_gap": c["lin_gap"], "output_shift": c["output_shift"],
+            "lora_a_travel": r["prediction"].get("lora_a_travel"),
+            "flagged_nonlinear": bool((r["prediction"].get("lora_a_travel") or 0) > NONLINEAR_RATIO),
             "n_for_2_points": r["prediction"]["n_for_2_points"], "time_ratio": r["time_ratio"],
             "predict_s": r["predict_s"], "train_s": r["train_s"],
         })
@@ -202,6 +238,9 @@ def summarize(results: list[dict]) -> dict:
         "time_ratio_le_0.1": sum(1 for r in rows if r["time_ratio"] <= 0.1),
         "median_time_ratio": float(np.median([r["time_ratio"] for r in rows])) if rows else None,
         "left_linear_regime": sum(1 for r in rows if r["left_linear_regime"]),
+        "flagged_and_left": sum(1 for r in rows if r["flagged_nonlinear"] and r["left_linear_regime"]),
+        "flagged_not_left": sum(1 for r in rows if r["flagged_nonlinear"] and not r["left_linear_regime"]),
+        "left_not_flagged": sum(1 for r in rows if r["left_linear_regime"] and not r["flagged_nonlinear"]),
         "in_interval": sum(1 for r in rows if r["in_interval"]),
         "configs": len(rows),
     }
@@ -223,8 +262,9 @@ def table(summary: dict, args) -> str:
         "CPU, shared 2-core machine, one thread. AdamW runs are predicted through the SignGD kernel, SGD runs "
         "through the eNTK. Metric: accuracy (Pearson r for stsb).", "",
         "| model | task | config | kernel | predicted [interval] | real | error | best step pred/real | curve MAE "
-        "| zero-shot | probe | majority | ≤ ½ best baseline | left linear regime (lin_gap/shift) | n for 2 pts | time ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| zero-shot | probe | majority | ≤ ½ best baseline | flagged before the run (A travel) "
+        "| left linear regime (lin_gap/shift) | n for 2 pts | time ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
         lo, hi = r["interval"]
@@ -232,6 +272,8 @@ def table(summary: dict, args) -> str:
             f"| {r['model']} | {r['task']} | {r['config']} | {r['kernel']} | {f(r['predicted'])} [{f(lo)}, {f(hi)}] | "
             f"{f(r['real'])} | {f(r['error'])} | {r['predicted_step']}/{r['real_step']} | {f(r['curve_mae'])} | "
             f"{f(r['zero_shot'])} | {f(r['probe'])} | {f(r['majority'])} | {'yes' if r['half_baseline'] else 'no'} | "
+            f"{'yes' if r['flagged_nonlinear'] else 'no'}"
+            f"{'' if r['lora_a_travel'] is None else ' (' + f(r['lora_a_travel']) + ')'} | "
             f"{'yes' if r['left_linear_regime'] else 'no'} ({f(r['lin_gap'])}/{f(r['output_shift'])}) | "
             f"{r['n_for_2_points']} | {f(r['time_ratio'])} |")
     lines += ["", "| model/task | configs | Spearman(predicted, real) | mean error |", "|---|---|---|---|"]
@@ -246,7 +288,9 @@ def table(summary: dict, args) -> str:
               f"| prediction time ≤ 1/10 of the fine-tune | {t['time_ratio_le_0.1']} of {t['configs']} "
               f"(median ratio {f(t['median_time_ratio'])}) |",
               f"| real best inside the bootstrap interval | {t['in_interval']} of {t['configs']} |",
-              f"| runs that left the linear regime (lin_gap > 0.3·output shift) | {t['left_linear_regime']} of {t['configs']} |"]
+              f"| runs that left the linear regime (lin_gap > 0.3·output shift) | {t['left_linear_regime']} of {t['configs']} |",
+              f"| of those, flagged by the prediction before the run | {t['flagged_and_left']} "
+              f"(flagged and stayed linear: {t['flagged_not_left']}) |"]
     for k, v in t.items():
         if k.startswith("mean_abs_error_pts_") or k.startswith("mean_abs_error_probe_pts_"):
             lines.append(f"| {k} | {f(v)} pts |")
@@ -260,6 +304,9 @@ def table(summary: dict, args) -> str:
               "blocks materialized —, outputs, probe features, replays) ÷ the fine-tune's wall time. The kernel pass is "
               "a fixed cost comparable to a few epochs over these few examples, so at the harness's tiny runs "
               f"({args.steps} steps) the ratio is far above 1/10; it falls in proportion to the run's length.",
+              f"- Flagged before the run: LoRA under AdamW whose A factors can travel more than {NONLINEAR_RATIO}× "
+              "their initial RMS (Σ lr over the schedule ÷ RMS(A0); Adam moves each entry by about lr per step). At "
+              "θ0 B = 0, so the kernel holds ΔB·A0 but not B·ΔA, whose relative size is that ratio.",
               "- The SGD replay is exact for the linearized model (tests); AdamW replays are an approximation "
               "(per-example sign directions, Adam's moments in function space)."]
     return "\n".join(lines) + "\n"
@@ -343,6 +390,7 @@ def main() -> None:
     results = [r for r in results if r["model"] in models and r["task"] in tasks and _same_sizes(r, args)]
     if args.refresh_probe:
         print(f"refreshed the probe baseline of {refresh_probe(results, args)} results", flush=True)
+    backfill_lora_a_travel(results, args)
     if not results:
         print("no results yet")
         return

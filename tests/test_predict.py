@@ -297,3 +297,29 @@ def test_cli_train_s2ft_predict(tmp_path, data_dir):
     assert pred["eval_metric"][0] == pytest.approx(rows[0]["eval_metric"])  # same eval examples, same f0
     assert pred["eval_loss"][0] == pytest.approx(rows[0]["eval_loss"], rel=1e-4)
     assert "Predicted vs real" in (run / "summary.md").read_text()
+
+
+def test_lora_under_adamw_is_flagged_before_the_run_when_its_a_factors_travel_far(data_dir):
+    import torch
+
+    from tangentft.models.selection import select
+    from tangentft.train.predict import NONLINEAR_RATIO, lora_a_rms, predict_run
+
+    base = dict(model="tiny-llama", task=str(data_dir / "sst2"), method="lora",
+                method_options={"params": "lora(r=4):q,v@0"}, n_train=8, n_eval=8, batch_size=4, seed=0)
+    far = predict_run(TrainConfig(**base, optimizer="adamw", lr=1e-2, max_steps=20), draws=2)
+    near = predict_run(TrainConfig(**base, optimizer="adamw", lr=1e-5, max_steps=4), draws=2)
+    sgd = predict_run(TrainConfig(**base, optimizer="sgd", lr=1e-2, max_steps=20), draws=2)
+    flagged = [any("B·ΔA" in w for w in p["warnings"]) for p in (far, near, sgd)]
+    assert far["lora_a_travel"] > NONLINEAR_RATIO > near["lora_a_travel"] > 0
+    assert sgd["lora_a_travel"] is None  # SGD moves A in proportion to its gradient, which starts at 0
+    assert flagged == [True, False, False]
+
+    tm = tiny_task_model("tiny-llama")
+    select(tm, "lora(r=4):q,v@0")
+    a = [p for n, p in tm.named_parameters() if "lora_A" in n]
+    assert lora_a_rms(tm) == pytest.approx(min(float(p.detach().double().pow(2).mean().sqrt()) for p in a))
+    with torch.no_grad():  # a started adapter (B ≠ 0) has ∂f/∂A ≠ 0 at θ0: the kernel already holds A's term
+        next(p for n, p in tm.named_parameters() if "lora_B" in n).fill_(0.1)
+    assert lora_a_rms(tm) is None
+    assert lora_a_rms(tiny_task_model("tiny-llama")) is None

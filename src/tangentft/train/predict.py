@@ -31,6 +31,9 @@ from .schedule import warmup_linear_factor
 FILE = "prediction.json"
 DEFAULT_N = 256  # kernel examples; a larger training set is represented by this sample (or a Nyström sketch)
 TARGET_WIDTH = 0.02  # the interval width (2 points) the report says how to reach
+# The harness's "left the linear regime" line (lin_gap > 0.3 × output shift), applied before the run: the term the
+# kernel at θ0 leaves out, relative to the one it keeps.
+NONLINEAR_RATIO = 0.3
 
 
 def step_plan(cfg: TrainConfig, n: int) -> StepPlan:
@@ -81,6 +84,19 @@ def j_theta0(task_model, selection, examples, batch_size: int = 16) -> np.ndarra
     return torch.cat(out).double().numpy()
 
 
+def lora_a_rms(model) -> float | None:
+    """Smallest root-mean-square at θ0 over the model's LoRA A factors when every B factor starts at 0 (PEFT's
+    standard init); None otherwise.
+
+    With B = 0 the kernel at θ0 has ∂f/∂A = 0 and keeps only ΔB·A0; the dropped term B·ΔA is of the relative size
+    |ΔA|/|A0|, which :func:`predict_with` bounds for AdamW (≈ lr per coordinate per step)."""
+    named = dict(model.named_parameters())
+    a = [p for name, p in named.items() if "lora_A" in name]
+    if not a or any(bool(p.detach().any()) for name, p in named.items() if "lora_B" in name):
+        return None
+    return min(float(p.detach().double().pow(2).mean().sqrt()) for p in a)
+
+
 def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, draws: int,
               seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Best eval metric of ``draws`` replays, each on a resample (with replacement) of the kernel sample."""
@@ -118,6 +134,7 @@ class RunKernels:
     selection: dict
     seeded_head: bool
     timings: dict
+    lora_a_rms: float | None = None
 
 
 def run_kernels(cfg: TrainConfig, *, n: int | None = None,
@@ -160,7 +177,7 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     kp_train, kp_cross = baselines.probe_kernels(tm, x, data.eval, signgd=signgd)
     return RunKernels(k_train.matrix, k_cross.matrix, kp_train, kp_cross, f0, f0e, y, ye, jt, task.spec.kind, signgd,
                       len(data.train), selection.to_json(), tm.head is not None,
-                      {"load_s": t_load, "kernel_s": t_kernel, "outputs_s": time.perf_counter() - t})
+                      {"load_s": t_load, "kernel_s": t_kernel, "outputs_s": time.perf_counter() - t}, lora_a_rms(tm))
 
 
 def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
@@ -197,6 +214,14 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
                          "replay revisits it more often than the run revisits its data")
     if cfg.early_stop or cfg.stop_at:
         warnings_.append("early stopping / --stop-at are not replayed: the curve runs to the planned last step")
+    # Adam moves every coordinate by about lr per step whatever its gradient, so A travels Σ lr from its start.
+    a_travel = float(sum(plan.lrs)) / rk.lora_a_rms if rk.signgd and rk.lora_a_rms else None
+    if a_travel is not None and a_travel > NONLINEAR_RATIO:
+        warnings_.append(
+            f"LoRA under AdamW: each entry of the A factors can move by Σ lr = {sum(plan.lrs):.3g}, {a_travel:.2g}× "
+            f"their initial RMS {rk.lora_a_rms:.3g}; the term B·ΔA, absent from the kernel at θ0 (B = 0 there), then "
+            "grows comparable to the one it keeps — expect the run to leave the linear regime and the prediction to "
+            "fall short of it (a smaller lr, fewer steps or a pull toward θ0 keep it linear)")
     if rk.signgd:
         warnings_.append("AdamW is replayed through the SignGD kernel with Adam's moments in function space (an "
                          "approximation; SGD replays are exact for the linearized model)")
@@ -228,6 +253,7 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
             "linear_probe": probe.best_metric,
             "linear_probe_curve": probe.eval_metric,
         },
+        "lora_a_travel": a_travel,
         "warnings": warnings_,
         "timings": timings,
     }
