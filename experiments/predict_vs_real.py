@@ -244,6 +244,11 @@ def summarize(results: list[dict]) -> dict:
         "in_interval": sum(1 for r in rows if r["in_interval"]),
         "configs": len(rows),
     }
+    # The kernel view claims only the runs that stay near θ0: their error, apart from the runs that left.
+    for name, stayed in (("stayed_linear", True), ("left_linear", False)):
+        sub = [r for r in acc if bool(r["left_linear_regime"]) != stayed]
+        targets[f"mean_abs_error_pts_{name}"] = 100 * float(np.mean([r["error"] for r in sub])) if sub else None
+        targets[f"accuracy_configs_{name}"] = len(sub)
     for model in sorted({r["model"] for r in rows}):
         sub = [r for r in acc if r["model"] == model]
         if sub:
@@ -293,7 +298,8 @@ def table(summary: dict, args) -> str:
               f"(flagged and stayed linear: {t['flagged_not_left']}) |"]
     for k, v in t.items():
         if k.startswith("mean_abs_error_pts_") or k.startswith("mean_abs_error_probe_pts_"):
-            lines.append(f"| {k} | {f(v)} pts |")
+            n = t.get(f"accuracy_configs_{k.removeprefix('mean_abs_error_pts_')}")
+            lines.append(f"| {k} | {f(v)} pts{'' if n is None else f' ({n} configs)'} |")
     left = [f"{r['model']}/{r['task']}/{r['config']}" for r in summary["rows"] if r["left_linear_regime"]]
     lines += ["", "## Reading the numbers", "",
               f"- One eval example is {100 / args.n_eval:.2g} accuracy points (n_eval = {args.n_eval}): errors at or "
