@@ -46,7 +46,8 @@ def evaluate_on(ctx: common.Context, label: str, run_dir, tasks: list[str], n_ev
     """Base vs fine-tuned metric on each task (``taskvec.add`` with the one run at α = 1), cached."""
     from tangentft.taskvec.ops import add
 
-    config = {"model": ctx.model, "run": common.rel(run_dir), "tasks": tasks, "n_eval": n_eval}
+    # The run by its folder name (its label and settings hash), not its path: the cache holds wherever --runs points.
+    config = {"model": ctx.model, "run": run_dir.name, "tasks": tasks, "n_eval": n_eval}
     return common.cached(ctx, f"eval-{label}", config, lambda: {"add": add(
         [str(run_dir)], alphas=[1.0], eval_tasks=[ctx.task(t) for t in tasks], n_eval=n_eval, n_val=0,
         seed=ctx.seed, out=run_dir / "eval_add")})

@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     points, align = [], {}
     for kind in KINDS:
         dirs = {t: c7a.train_method(ctx, kind, t)[1] for t in s["tasks"]}
-        cfg = {"model": ctx.model, "kind": kind, "runs": [common.rel(d) for d in dirs.values()], **s}
+        # Runs by folder name (label and settings hash), not path: the cache holds wherever --runs points.
+        cfg = {"model": ctx.model, "kind": kind, "runs": [d.name for d in dirs.values()], **s}
         cmp_rec = common.cached(ctx, f"compare-{kind}", cfg, lambda dirs=dirs: {
             "compare": compare([str(d) for d in dirs.values()], n_kernel=s["n_kernel"], seed=ctx.seed)})
         a = cmp_rec["compare"]["kernel_alignment"]
