@@ -332,3 +332,29 @@ def test_a_merged_model_folder_gets_normal_permissions(runs, tmp_path):
     assert res.exit_code == 0, res.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in out.iterdir() if p.is_file())
+
+
+def test_checking_an_out_folder_creates_nothing(tmp_path, monkeypatch):
+    """Ranks check one --out folder at once; a check that created the folder and removed it again pulled it from
+    under another rank's probe (the README's torchrun line failed that way)."""
+    from tangentft.errors import TangentError
+    from tangentft.io import check_out_dir
+
+    def no(*_a, **_k):
+        raise AssertionError("check_out_dir must not create or remove folders")
+
+    out = tmp_path / "a" / "b"
+    with monkeypatch.context() as m:
+        m.setattr(os, "mkdir", no)
+        m.setattr(os, "rmdir", no)
+        assert check_out_dir(out) == out
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a probe file is left
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(TangentError, match="is a file"):
+        check_out_dir(tmp_path / "f" / "sub")
+    if os.geteuid() != 0:  # root writes through permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        with pytest.raises(TangentError, match="cannot create folder"):
+            check_out_dir(ro / "new")

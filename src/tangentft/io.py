@@ -73,21 +73,22 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 def check_out_dir(path: str | os.PathLike) -> Path:
     """Raise a one-line TangentError unless ``path`` is, or can be created as, a writable folder.
 
-    Called before any expensive work: the folders it had to create to find out are removed again, so a
-    command refused later leaves nothing behind.
+    Called before any expensive work. It creates nothing: a temporary file is made and removed in ``path`` or,
+    when that does not exist yet, in its nearest existing parent. Creating the folder to test it and removing it
+    again raced when several ranks checked one folder (one rank removed it under another's probe).
     """
     path = Path(path)
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    ensure_dir(path)
+    if path.exists() and not path.is_dir():
+        raise TangentError(f"{path} is a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise TangentError(f"cannot create folder {path}: {existing} is a file")
     try:
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".tangentft-probe.")
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tangentft-probe."):
+            pass
     except OSError as exc:
-        raise TangentError(f"cannot write into folder {path}: {exc.strerror or exc}") from None
-    finally:
-        for p in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
+        verb = "write into" if existing == path else "create"
+        raise TangentError(f"cannot {verb} folder {path}: {exc.strerror or exc}") from None
     return path
 
 
