@@ -154,33 +154,26 @@ def refresh_probe(results: list[dict], args) -> int:
 @functools.cache
 def _lora_a_rms(model: str, params: str, task_path: str, seed: int) -> float | None:
     from tangentft.data import load_task
-    from tangentft.methods.base import get_method
-    from tangentft.models.task_model import build_task_model
-    from tangentft.train.predict import lora_a_rms
+    from tangentft.train.predict import lora_a_rms, parameterized_model
 
-    cls = get_method("lora")
-    method = cls(cls.config_class.from_options("lora", {"seed": seed, "params": params}))
-    tm = build_task_model(model, load_task(task_path).spec, seed=seed)
-    method.kernel_selection(tm)
-    return lora_a_rms(tm)
+    cfg = TrainConfig(model=model, method="lora", method_options={"params": params}, seed=seed)
+    return lora_a_rms(parameterized_model(cfg, load_task(task_path).spec, [])[1])
 
 
 def backfill_lora_a_travel(results: list[dict], args) -> None:
-    """Give results cached before ``prediction.json`` had ``lora_a_travel`` (the a-priori flag: Σ lr over the run's
-    schedule ÷ the smallest RMS of its LoRA A factors at θ0, see ``tangentft.train.predict``) that number,
-    computed the way the prediction computes it. In memory only: the cached JSON is left as it was measured."""
-    from tangentft.train.predict import step_plan
+    """Give results cached before ``prediction.json`` had ``lora_a_travel`` (the a-priori flag,
+    ``tangentft.train.predict.lora_a_travel``) that number, computed as the prediction computes it. In memory
+    only: the cached JSON is left as it was measured."""
+    from tangentft.train.predict import lora_a_travel, step_plan
 
     for r in results:
         if "lora_a_travel" in r["prediction"]:
             continue
-        travel = None
-        if r["method"] == "lora" and r["optimizer"] == "adamw":
-            rms = _lora_a_rms(r["model"], r["params"], str(args.data / r["task"]), r["seed"])
-            cfg = TrainConfig(model=r["model"], lr=r["lr"], max_steps=r["steps"], batch_size=r["batch_size"],
-                              eval_every=r["eval_every"], seed=r["seed"])
-            travel = float(sum(step_plan(cfg, r["n_train"]).lrs)) / rms if rms else None
-        r["prediction"]["lora_a_travel"] = travel
+        cfg = TrainConfig(model=r["model"], optimizer=r["optimizer"], lr=r["lr"], max_steps=r["steps"],
+                          batch_size=r["batch_size"], eval_every=r["eval_every"], seed=r["seed"])
+        # Only LoRA has A factors: other methods skip the model build.
+        rms = _lora_a_rms(r["model"], r["params"], str(args.data / r["task"]), r["seed"]) if r["method"] == "lora" else None
+        r["prediction"]["lora_a_travel"] = lora_a_travel(cfg, step_plan(cfg, r["n_train"]), rms)
 
 
 def spearman(a, b) -> float | None:

@@ -17,7 +17,6 @@ from .common import (
     friendly,
     nproc_option,
     progress_by_stage,
-    progress_when_working,
     relaunch,
     task_options,
 )
@@ -127,8 +126,8 @@ def _against(run_dir: Path, out: Path | None, n: int) -> None:
 
     if out is None:
         raise TangentError("analyze --against needs --out")
-    with progress_when_working("kernel") as update:
-        pred, cmp = predict_against(run_dir, out, n=n, progress=lambda stage, done, total: update(done, total))
+    with progress_by_stage() as update:
+        pred, cmp = predict_against(run_dir, out, n=n, progress=update)
     console.print(f"predicted best {pred['metric_name']} {format_number(cmp.get('predicted_best'))} (step "
                   f"{cmp.get('predicted_best_step')}), real {format_number(cmp.get('real_best'))} (step "
                   f"{cmp.get('real_best_step')}); report: {out / 'against.md'}")

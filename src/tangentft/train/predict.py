@@ -97,6 +97,16 @@ def lora_a_rms(model) -> float | None:
     return min(float(p.detach().double().pow(2).mean().sqrt()) for p in a)
 
 
+def lora_a_travel(cfg: TrainConfig, plan: StepPlan, a_rms: float | None) -> float | None:
+    """How far AdamW can move the LoRA A factors over the run, relative to their start: Σ lr over ``plan`` ÷
+    ``a_rms`` (:func:`lora_a_rms`). Adam moves every coordinate by about lr per step whatever its gradient, so this
+    bounds |ΔA|/|A0|, the size of the term B·ΔA that the kernel at θ0 (B = 0) leaves out. None for SGD (A moves
+    with its gradient, which starts at 0) or without zero-started LoRA factors."""
+    if cfg.optimizer != "adamw" or not a_rms:
+        return None
+    return float(sum(plan.lrs)) / a_rms
+
+
 def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, draws: int,
               seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Best eval metric of ``draws`` replays, each on a resample (with replacement) of the kernel sample."""
@@ -137,13 +147,24 @@ class RunKernels:
     lora_a_rms: float | None = None
 
 
+def parameterized_model(cfg: TrainConfig, spec, train: list):
+    """(method, task model, selection): a fresh model of ``cfg`` parameterized the way its method trains it on
+    ``train``, and the selection of exactly the parameters it trains (``FineTuneMethod.kernel_selection``)."""
+    from ..methods.base import get_method
+    from ..models.task_model import build_task_model
+
+    method_cls = get_method(cfg.method)
+    method = method_cls(method_cls.config_class.from_options(cfg.method, {"seed": cfg.seed, **cfg.method_options}))
+    tm = build_task_model(cfg.model, spec, seed=cfg.seed)
+    method.bind_data(train)
+    return method, tm, method.kernel_selection(tm)
+
+
 def run_kernels(cfg: TrainConfig, *, n: int | None = None,
                 progress: Callable[[str, int, int], None] | None = None) -> RunKernels:
     """Draw the run's own examples, parameterize a fresh model the way its method will, and compute the kernels
     (see :class:`RunKernels`). ``n`` caps the kernel sample (default: all training examples up to 256)."""
     from ..data import load_task
-    from ..methods.base import get_method
-    from ..models.task_model import build_task_model
     from ..ntk import empirical_ntk_pair
     from .loop import split_data
 
@@ -158,11 +179,7 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     if n < 2:
         raise TangentError(f"prediction needs at least 2 training examples, got n={n}")
     x = data.train if n == len(data.train) else sample_n(data.train, n, cfg.seed)
-    method_cls = get_method(cfg.method)
-    method = method_cls(method_cls.config_class.from_options(cfg.method, {"seed": cfg.seed, **cfg.method_options}))
-    tm = build_task_model(cfg.model, task.spec, seed=cfg.seed)
-    method.bind_data(data.train)
-    selection = method.kernel_selection(tm)
+    method, tm, selection = parameterized_model(cfg, task.spec, data.train)
     signgd = cfg.optimizer == "adamw"
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
@@ -214,8 +231,7 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
                          "replay revisits it more often than the run revisits its data")
     if cfg.early_stop or cfg.stop_at:
         warnings_.append("early stopping / --stop-at are not replayed: the curve runs to the planned last step")
-    # Adam moves every coordinate by about lr per step whatever its gradient, so A travels Σ lr from its start.
-    a_travel = float(sum(plan.lrs)) / rk.lora_a_rms if rk.signgd and rk.lora_a_rms else None
+    a_travel = lora_a_travel(cfg, plan, rk.lora_a_rms)
     if a_travel is not None and a_travel > NONLINEAR_RATIO:
         warnings_.append(
             f"LoRA under AdamW: each entry of the A factors can move by Σ lr = {sum(plan.lrs):.3g}, {a_travel:.2g}× "
