@@ -39,24 +39,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tangentft.data import load_task, sample_n  # noqa: E402
+from tangentft.device import accumulation_device  # noqa: E402
 from tangentft.io import write_json  # noqa: E402
 from tangentft.models.selection import select  # noqa: E402
 from tangentft.models.task_model import build_task_model  # noqa: E402
 from tangentft.ntk import empirical_ntk  # noqa: E402
+from tangentft.ntk.capture import capture, capturing  # noqa: E402
 from tangentft.ntk.contraction import parse_memory  # noqa: E402
-from tangentft.ntk.engine import capturing, forward_backward, make_plan  # noqa: E402
+from tangentft.ntk.engine import make_plan  # noqa: E402
 
 SPECS = {"smollm2-135m": "lora(r=8):q,v@0,15,29", "minilm": "lora(r=8):q,v@all", "tiny-llama": "lora(r=8):q,v@all"}
 
 
 def limit_pass(tm, sel, x, *, max_memory: str) -> float:
-    """Seconds for the engine's chunks: one forward + K backward each, hooks on, no feature or kernel work."""
-    plan = make_plan(tm, sel, x, (), symmetric=True, traced=False, contraction="auto",
-                     budget=parse_memory(max_memory), chunk_size=None)
+    """Seconds for the engine's chunks: encode, one forward + K backward each with the hooks on, the captured
+    factors cast and masked (``ntk.capture.capture``) — and no feature or kernel work."""
+    plan, sites, _ = make_plan(tm, sel, x, (), symmetric=True, traced=False, contraction="auto",
+                               budget=parse_memory(max_memory), chunk_size=None)
+    device = accumulation_device(tm.device)
     t0 = time.perf_counter()
-    with capturing(tm, plan.sites):
+    with capturing(tm, sites):
         for chunk in plan.held_chunks:
-            forward_backward(tm, plan.sites, tm.encode([x[i] for i in chunk.idx]))
+            enc = tm.encode([x[i] for i in chunk.idx])
+            capture(sites, lambda: tm(**enc), enc["attention_mask"], device)  # noqa: B023 (called right here)
     return time.perf_counter() - t0
 
 

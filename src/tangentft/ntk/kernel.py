@@ -81,22 +81,7 @@ class Kernel:
         the kernel is ill-conditioned (κ > 1e12), so downstream solves know to regularize."""
         if not self.symmetric:
             return {}
-        m = self.matrix
-        scale = float(np.abs(m).max()) or 1.0
-        asym = float(np.abs(m - m.T).max()) / scale
-        ev = self.eigvalsh()
-        lmax, lmin = float(ev[-1]), float(ev[0])
-        cond = lmax / lmin if lmin > 0 else float("inf")
-        info = {"symmetry_rel_err": asym, "lambda_max": lmax, "lambda_min": lmin, "trace": float(np.trace(m)),
-                "condition": cond}
-        if warn:
-            if asym > 1e-8:
-                warnings.warn(f"kernel not symmetric: relative asymmetry {asym:.2e}", stacklevel=2)
-            if lmin < -1e-6 * max(lmax, 0.0):
-                warnings.warn(f"kernel not PSD: λmin = {lmin:.3e} vs λmax = {lmax:.3e}", stacklevel=2)
-            elif cond > 1e12:
-                warnings.warn(f"kernel ill-conditioned (κ = {cond:.2e}); regularize before solving", stacklevel=2)
-        return info
+        return spectrum_check(self.matrix, warn)
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -145,6 +130,26 @@ class Kernel:
         return cls(tensors["matrix"].numpy(), blocks, meta.K, meta.kind, meta.sample_ids, meta.sample_ids2,
                    meta.selection, state, meta.data_fingerprint, meta.data_fingerprint2,
                    meta.timings, meta.signgd, meta.model_dtype, meta.accumulation_dtype)
+
+
+def spectrum_check(m: np.ndarray, warn: bool = True) -> dict:
+    """Symmetry error, λmax, λmin, trace and condition number of a symmetric kernel matrix; warns when it
+    is not symmetric or not PSD, or is ill-conditioned (κ > 1e12), so downstream solves know to regularize."""
+    scale = float(np.abs(m).max()) or 1.0
+    asym = float(np.abs(m - m.T).max()) / scale
+    ev = np.linalg.eigvalsh(m)
+    lmax, lmin = float(ev[-1]), float(ev[0])
+    cond = lmax / lmin if lmin > 0 else float("inf")
+    info = {"symmetry_rel_err": asym, "lambda_max": lmax, "lambda_min": lmin, "trace": float(np.trace(m)),
+            "condition": cond}
+    if warn:
+        if asym > 1e-8:
+            warnings.warn(f"kernel not symmetric: relative asymmetry {asym:.2e}", stacklevel=3)
+        if lmin < -1e-6 * max(lmax, 0.0):
+            warnings.warn(f"kernel not PSD: λmin = {lmin:.3e} vs λmax = {lmax:.3e}", stacklevel=3)
+        elif cond > 1e12:
+            warnings.warn(f"kernel ill-conditioned (κ = {cond:.2e}); regularize before solving", stacklevel=3)
+    return info
 
 
 def sample_ids(examples) -> list[str]:
