@@ -169,8 +169,21 @@ def _unflatten(tensors: list[torch.Tensor], kinds: list[str]) -> list:
     return out
 
 
+@dataclass
+class Side:
+    """Features of several chunks on one side of a contraction: materialized blocks stacked over the chunks
+    (one GEMM per block for all of them), Gram blocks per chunk (their token axes differ)."""
+
+    rows: np.ndarray  # kernel rows of the stacked examples, in stacking order
+    stacked: dict[int, torch.Tensor]  # block index → (N, K, P) materialized features of all the chunks
+    gram: list[tuple[np.ndarray, dict[int, GramFactors]]]  # per chunk: its rows, block index → factors
+
+
 class Accumulator:
-    """The float64 kernel blocks per group (held×held and/or held×streamed) and the time spent filling them."""
+    """The float64 kernel blocks per group (held×held and/or held×streamed) and the time spent filling them.
+
+    Per block one contraction (GEMM in the product dtype, result float64) between two :class:`Side` s;
+    blocks add up per group, in float64, into the numpy blocks."""
 
     def __init__(self, plan: Plan):
         m = 1 if plan.traced else plan.K
@@ -180,39 +193,80 @@ class Accumulator:
             if plan.n_streamed else None
         self.seconds = 0.0
 
-    def _rows(self, ch: Chunk) -> np.ndarray:
+    def rows(self, ch: Chunk) -> np.ndarray:
         return ch.idx if self.plan.traced else (ch.idx[:, None] * self.plan.K + np.arange(self.plan.K)).ravel()
 
-    def _per_group(self, fp, fq) -> dict[str, torch.Tensor]:
+    def side(self, chunks: list[tuple[Chunk, list]]) -> Side:
+        """Stack the materialized features of ``chunks`` ((chunk, features) pairs) into one side."""
+        t = time.perf_counter()
+        mat = [i for i, k in enumerate(self.plan.kinds) if k == "materialize"]
+        stacked = {i: torch.cat([f[i].g for _, f in chunks]) if len(chunks) > 1 else chunks[0][1][i].g for i in mat}
+        gram = [(self.rows(ch), {i: f[i] for i, k in enumerate(self.plan.kinds) if k == "gram"}) for ch, f in chunks]
+        self.seconds += time.perf_counter() - t
+        return Side(np.concatenate([self.rows(ch) for ch, _ in chunks]), stacked, gram)
+
+    def _add(self, out: dict, rows, cols, per_group: dict[str, torch.Tensor], transpose: bool = False) -> None:
+        for g, tile in per_group.items():
+            arr = tile.cpu().numpy()
+            out[g][np.ix_(rows, cols)] += arr.T if transpose else arr
+
+    def _materialized(self, p: Side, q: Side) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for g, p, q in zip(self.plan.groups, fp, fq, strict=True):
-            tile = contract(p, q, self.plan.traced, self.plan.sign)
+        for i, gp in p.stacked.items():
+            g = self.plan.groups[i]
+            tile = contract(Materialized(gp), Materialized(q.stacked[i]), self.plan.traced, self.plan.sign)
             out[g] = out[g] + tile if g in out else tile
         return out
 
-    def held_pair(self, cp: Chunk, fp, cq: Chunk, fq) -> None:
-        """Add held chunk ``cp`` × held chunk ``cq`` (and its mirror ``cq`` × ``cp`` when they differ)."""
+    def _gram(self, pf: dict, qf: dict) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for i, f in pf.items():
+            g = self.plan.groups[i]
+            tile = contract(f, qf[i], self.plan.traced)
+            out[g] = out[g] + tile if g in out else tile
+        return out
+
+    def self_kernel(self, tile: Side, pairs: list[tuple[int, int]], materialized: bool) -> None:
+        """The held×held kernel within one tile: all of it for materialized blocks (if ``materialized``),
+        the given chunk pairs (i ≤ j, mirrored) for Gram blocks."""
         t = time.perf_counter()
-        rows, cols = self._rows(cp), self._rows(cq)
-        for g, tile in self._per_group(fp, fq).items():
-            arr = tile.cpu().numpy()
-            self.sym[g][np.ix_(rows, cols)] += arr
-            if cq is not cp and not self.plan.sign:
-                self.sym[g][np.ix_(cols, rows)] += arr.T
-        if cq is not cp and self.plan.sign:  # ⟨∇f, sign ∇f'⟩ is asymmetric: contract the mirror both ways
-            for g, tile in self._per_group(fq, fp).items():
-                self.sym[g][np.ix_(cols, rows)] += tile.cpu().numpy()
+        if materialized:
+            self._add(self.sym, tile.rows, tile.rows, self._materialized(tile, tile))
+        for i, j in pairs:
+            (rp, fp), (rq, fq) = tile.gram[i], tile.gram[j]
+            per_group = self._gram(fp, fq)
+            self._add(self.sym, rp, rq, per_group)
+            if i != j:
+                self._add(self.sym, rq, rp, per_group, transpose=True)
         self.seconds += time.perf_counter() - t
 
-    def streamed(self, cp: Chunk, fp, cq: Chunk, fq) -> None:
-        """Add held chunk ``cp`` × streamed chunk ``cq``; with ``sign`` the sign sits on the held side,
+    def mirrored(self, tile: Side, q: Side) -> None:
+        """A held chunk after the tile (``q``) against the tile, both ways."""
+        t = time.perf_counter()
+        per_group = self._materialized(tile, q)
+        self._add(self.sym, tile.rows, q.rows, per_group)
+        if self.plan.sign:  # ⟨∇f, sign ∇f'⟩ is asymmetric: contract the mirror too
+            self._add(self.sym, q.rows, tile.rows, self._materialized(q, tile))
+        else:
+            self._add(self.sym, q.rows, tile.rows, per_group, transpose=True)
+        (rq, fq), = q.gram
+        for rp, fp in tile.gram:
+            per_group = self._gram(fp, fq)
+            self._add(self.sym, rp, rq, per_group)
+            self._add(self.sym, rq, rp, per_group, transpose=True)
+        self.seconds += time.perf_counter() - t
+
+    def streamed(self, tile: Side, q: Side) -> None:
+        """The tile against a streamed chunk ``q``; with ``sign`` the sign sits on the held side,
         ⟨∇f(streamed), sign ∇f(held)⟩, laid out held×streamed."""
         t = time.perf_counter()
-        rows, cols = self._rows(cp), self._rows(cq)
-        pairs = self._per_group(fq, fp) if self.plan.sign else self._per_group(fp, fq)
-        for g, tile in pairs.items():
-            arr = tile.cpu().numpy()
-            self.cross[g][np.ix_(rows, cols)] += arr.T if self.plan.sign else arr
+        if self.plan.sign:
+            self._add(self.cross, tile.rows, q.rows, self._materialized(q, tile), transpose=True)
+        else:
+            self._add(self.cross, tile.rows, q.rows, self._materialized(tile, q))
+        (rq, fq), = q.gram
+        for rp, fp in tile.gram:
+            self._add(self.cross, rp, rq, self._gram(fp, fq))
         self.seconds += time.perf_counter() - t
 
 
@@ -220,7 +274,10 @@ Features = Callable[[str, Chunk], list]
 
 
 def run_passes(plan: Plan, features: Features, acc: Accumulator, device: torch.device) -> float:
-    """Run this rank's passes of the schedule into ``acc``; returns the seconds spent sharing features."""
+    """Run this rank's passes of the schedule into ``acc``; returns the seconds spent sharing features.
+
+    A tile's materialized self-kernel is one GEMM per block over all its chunks, done by the rank that owns
+    the tile's first chunk pair (or its first held chunk when the kernel is not symmetric)."""
     me, ranks = distributed.rank(), distributed.world_size()
     t_comm = 0.0
     for work in schedule(plan, ranks):
@@ -234,19 +291,20 @@ def run_passes(plan: Plan, features: Features, acc: Accumulator, device: torch.d
             for i, ch in enumerate(work.chunks)
         ]
         t_comm += time.perf_counter() - t
-        for (i, j), owner in zip(work.pairs, work.pair_owner, strict=True):
-            if owner == me:
-                acc.held_pair(*held[i], *held[j])
+        tile = acc.side(held)
+        del held, own
+        if plan.symmetric:
+            mine = [pair for pair, owner in zip(work.pairs, work.pair_owner, strict=True) if owner == me]
+            acc.self_kernel(tile, mine, materialized=work.pair_owner[0] == me)
         for (side, c), owner in zip(work.later, work.later_owner, strict=True):
             if owner != me:
                 continue
             cq = plan.held_chunks[c] if side == "held" else plan.stream_chunks[c]
-            fq = features(side, cq)
-            for cp, fp in held:
-                if side == "held":
-                    acc.held_pair(cp, fp, cq, fq)
-                else:
-                    acc.streamed(cp, fp, cq, fq)
+            q = acc.side([(cq, features(side, cq))])
+            if side == "held":
+                acc.mirrored(tile, q)
+            else:
+                acc.streamed(tile, q)
     return t_comm
 
 

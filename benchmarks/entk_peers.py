@@ -1,0 +1,328 @@
+"""tangentft's kernel engine against what a PyTorch user would write instead (issue #22).
+
+    nice -n 10 python benchmarks/entk_peers.py --out benchmarks/results/entk_peers.json   # resumable per case
+
+Rows: model (minilm, smollm2-135m) × selection (a LoRA, whole modules, an S2FT selection) × n (64, 256), on
+SST-2 train prompts (K = 2 outputs: the TaskModel's f). Methods, each in a fresh subprocess (its own peak RSS),
+with a wall-clock timeout and a resident-memory cap:
+
+* ``tangentft`` — ``tangentft.ntk.empirical_ntk`` (full kind, max_memory 2GB);
+* ``jacobian_contraction`` — the PyTorch "Neural Tangent Kernels" tutorial's first method: per-example
+  Jacobians by ``vmap(jacrev(f))`` then ``einsum('Naf,Mbf->NMab')`` summed over the parameter tensors;
+* ``ntk_vector_products`` — the tutorial's second method: ``vjp`` of f(x1) then ``jvp`` of f(x2) along it, for
+  each basis vector of the output (``vmap`` over the basis and over x2; the tutorial's outer ``vmap`` over x1
+  is a loop here, as its n1·n2 simultaneous graphs exceed any memory at these sizes);
+* ``signgd_tangentft`` — ``empirical_ntk(..., signgd=True)``: ⟨∇f(x), sign ∇f(x')⟩;
+* ``signgd_per_example`` — the route LM-Kernel-FT (Malladi et al. 2023) takes: per example and output one
+  autograd gradient, rows stacked into J, then J sign(J)ᵀ.
+
+The torch.func methods see the same function (the TaskModel's K outputs) and the same parameters: every
+selected block b enters as a zero tensor δ_b added to its slice of the weight (W[rows] + δ, or whole W + δ), so
+∂f/∂δ_b is exactly the selected slice of ∂f/∂W. HF's BERT mask code branches on the mask's values, which
+``vmap`` cannot trace; so inputs are bucketed by exact token length and each bucket runs unpadded with one
+shared all-ones mask (vmap over the token ids only) — what a torch.func user does for equal-length inputs.
+Each method's kernel is saved; ``max_rel_diff`` is max |K_method − K_tangentft| / max |K_tangentft|.
+
+Timings: one timed call after a 2-example warm-up, wall seconds; ``extra_rss_gb`` = peak RSS during the call
+minus RSS before it (model loaded). The machine is shared (2 cores, other jobs): ratios within a row are
+meaningful, absolute times are not. A case past ``--timeout`` or ``--mem-cap-gb`` is recorded as such, and
+a method that failed at n = 64 is not retried at n = 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+MODELS = ("minilm", "smollm2-135m")
+LAYERS = {"minilm": "all", "smollm2-135m": "0,15,29", "tiny-llama": "all", "tiny-bert": "all"}  # tiny: smoke tests
+SELECTIONS = ("lora", "module", "s2ft")
+METHODS = ("tangentft", "jacobian_contraction", "ntk_vector_products", "signgd_tangentft", "signgd_per_example")
+REFERENCE = {m: "signgd_tangentft" if m.startswith("signgd") else "tangentft" for m in METHODS}
+
+
+def spec_of(model: str, selection: str) -> str:
+    """The selection each row uses (S2FT: the method's own default, o and down at 10% of their structures)."""
+    if selection == "lora":
+        return f"lora(r=8):q,v@{LAYERS[model]}"
+    if selection == "module":
+        return f"q,v@{LAYERS[model]}"
+    return "s2ft(types=o:0.1,down:0.1)"
+
+
+def rss_gb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+# -- one case, in a child process -------------------------------------------------------------------------
+def load(model: str, selection: str, n: int, seed: int = 0):
+    from tangentft.data import load_task, sample_n
+    from tangentft.models.selection import select
+    from tangentft.models.task_model import build_task_model
+
+    data = load_task(str(ROOT.parent / "shared" / "data" / "sst2"))
+    x = sample_n(data.split("train"), n, seed)
+    tm = build_task_model(model, data.spec, seed=seed)
+    if selection == "s2ft":
+        from tangentft.methods.s2ft import S2FTMethod, S2FTMethodConfig
+
+        sel = S2FTMethod(S2FTMethodConfig(types="o:0.1,down:0.1")).kernel_selection(tm)
+    else:
+        sel = select(tm, spec_of(model, selection), seed=seed)
+    return tm, sel, x
+
+
+def delta_function(tm, sel):
+    """(f(δ, ids) -> (K,), zero δ per block): the TaskModel's outputs with δ_b added to each block's slice."""
+    import torch
+    from torch.func import functional_call
+
+    named = dict(tm.named_parameters())
+    for p in tm.parameters():  # nothing but δ is differentiated: the autograd tape records nothing else
+        p.requires_grad_(False)
+    tm.eval()
+    base = {b.name: named[b.name].detach() for b in sel.blocks}
+    deltas = {f"{i}": torch.zeros_like(b.index(base[b.name])) for i, b in enumerate(sel.blocks)}
+
+    def weights(d):
+        out = dict(base)
+        for i, b in enumerate(sel.blocks):
+            w, delta = out[b.name], d[f"{i}"]
+            out_axis, in_axis = (1, 0) if b.transposed else (0, 1)
+            if w.dim() == 1:
+                out_axis = 0
+            if b.out_idx is None and b.in_idx is None:
+                w = w + delta
+            elif b.in_idx is None:
+                w = w.index_add(out_axis, torch.tensor(b.out_idx), delta)
+            elif b.out_idx is None:
+                w = w.index_add(in_axis, torch.tensor(b.in_idx), delta)
+            else:
+                raise ValueError("blocks sliced on both axes are not used by these rows")
+            out[b.name] = w
+        return out
+
+    def f(d, ids, mask):
+        return functional_call(tm, weights(d), (), {"input_ids": ids.unsqueeze(0), "attention_mask": mask})[0]
+
+    return f, deltas
+
+
+def buckets(tm, x):
+    """[(positions, ids (b, L))] grouped by exact token length, so every bucket runs unpadded."""
+
+    enc = tm.encode(x)
+    lengths = enc["attention_mask"].sum(1).tolist()
+    out = []
+    for L in sorted(set(lengths)):
+        pos = [i for i, ln in enumerate(lengths) if ln == L]
+        out.append((pos, enc["input_ids"][pos, :L]))  # right padding: the first L tokens are the example
+    return out
+
+
+def jacobian_contraction(tm, sel, x):
+    import torch
+    from torch.func import jacrev, vmap
+
+    f, deltas = delta_function(tm, sel)
+    n, K = len(x), tm.num_outputs
+    jac = {k: torch.empty(n, K, *v.shape) for k, v in deltas.items()}
+    for pos, ids in buckets(tm, x):
+        mask = torch.ones(1, ids.shape[1], dtype=torch.long)
+        j = vmap(jacrev(f), (None, 0, None))(deltas, ids, mask)
+        for k in jac:
+            jac[k][pos] = j[k]
+    out = sum(torch.einsum("Naf,Mbf->NaMb", j.flatten(2).double(), j.flatten(2).double()) for j in jac.values())
+    return out.reshape(n * K, n * K).detach().numpy()
+
+
+def _ntk_against(f, deltas, vjp_fn, basis, ids2, m2):
+    """(b, K, K): for each x2 in the bucket, row k = J_k(x1) J(x2)ᵀ as jvp of f(x2) along vjp of e_k."""
+    from torch.func import jvp, vmap
+
+    def row(x2):
+        def slice_(vec):
+            return jvp(lambda d: f(d, x2, m2), (deltas,), vjp_fn(vec))[1]
+
+        return vmap(slice_)(basis)
+
+    return vmap(row)(ids2)
+
+
+def ntk_vector_products(tm, sel, x):
+    import torch
+    from torch.func import vjp
+
+    f, deltas = delta_function(tm, sel)
+    n, K = len(x), tm.num_outputs
+    out = np.zeros((n, K, n, K))
+    bs = buckets(tm, x)
+    for pos1, ids1 in bs:
+        m1 = torch.ones(1, ids1.shape[1], dtype=torch.long)
+        for a, i in enumerate(pos1):
+            output, vjp_fn = vjp(lambda d, a=a, m1=m1, ids1=ids1: f(d, ids1[a], m1), deltas)
+            basis = torch.eye(output.numel(), dtype=output.dtype)
+            for pos2, ids2 in bs:
+                m2 = torch.ones(1, ids2.shape[1], dtype=torch.long)
+                out[i, :, pos2, :] = _ntk_against(f, deltas, vjp_fn, basis, ids2, m2).detach().double().numpy()
+    return out.reshape(n * K, n * K)
+
+
+def signgd_per_example(tm, sel, x):
+    import torch
+
+    named = dict(tm.named_parameters())
+    params = list(dict.fromkeys(named[b.name] for b in sel.blocks))
+    pos = {id(p): j for j, p in enumerate(params)}
+    for p in tm.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    tm.eval()
+    rows = []
+    for ex in x:
+        out = tm(**tm.encode([ex]))[0]
+        for k in range(out.shape[0]):
+            grads = torch.autograd.grad(out[k], params, retain_graph=k < out.shape[0] - 1)
+            rows.append(torch.cat([b.index(grads[pos[id(named[b.name])]]).reshape(-1) for b in sel.blocks]))
+    J = torch.stack(rows).double()
+    return (J @ torch.sign(J).T).detach().numpy()
+
+
+def run_case(model: str, selection: str, n: int, method: str, kernel_path: str) -> dict:
+    import torch
+
+    from tangentft.ntk import empirical_ntk
+
+    tm, sel, x = load(model, selection, n)
+    fns = {
+        "tangentft": lambda xs: empirical_ntk(tm, sel, xs, max_memory="2GB").matrix,
+        "signgd_tangentft": lambda xs: empirical_ntk(tm, sel, xs, max_memory="2GB", signgd=True).matrix,
+        "jacobian_contraction": lambda xs: jacobian_contraction(tm, sel, xs),
+        "ntk_vector_products": lambda xs: ntk_vector_products(tm, sel, xs),
+        "signgd_per_example": lambda xs: signgd_per_example(tm, sel, xs),
+    }
+    fns[method](x[:2])  # warm-up: first-call allocations and lazy imports
+    before = rss_gb()
+    t = time.perf_counter()
+    k = fns[method](x)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    np.save(kernel_path, k)
+    return {"seconds": seconds, "peak_rss_gb": peak, "extra_rss_gb": peak - before, "num_params": sel.num_params(tm),
+            "K": tm.num_outputs, "torch_threads": torch.get_num_threads()}
+
+
+# -- the driver ----------------------------------------------------------------------------------------------
+def supervise(cmd: list[str], log: Path, timeout: float, cap_gb: float) -> tuple[str, float]:
+    """Run ``cmd`` (output to ``log``); kill it past ``timeout`` seconds or ``cap_gb`` resident GB.
+    Returns (status, seconds)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    status = "ok"
+    while proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                rss = next((int(ln.split()[1]) / 2**20 for ln in fh if ln.startswith("VmRSS:")), 0.0)
+        except OSError:
+            rss = 0.0
+        if rss > cap_gb:
+            status = f"out of memory (resident > {cap_gb:g} GB cap)"
+        elif time.perf_counter() - t0 > timeout:
+            status = f"out of time (> {timeout:g} s)"
+        if status != "ok":
+            proc.kill()
+            proc.wait()
+            return status, time.perf_counter() - t0
+    output = log.read_text()
+    if proc.returncode != 0:
+        tail = [ln for ln in output.strip().splitlines() if ln.strip()]
+        return "failed: " + (tail[-1][:300] if tail else f"exit {proc.returncode}"), time.perf_counter() - t0
+    return status, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "entk_peers.json"))
+    ap.add_argument("--cache", default="/tmp/entk_peers", help="kernels and per-case records (not committed)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--selections", nargs="+", default=list(SELECTIONS))
+    ap.add_argument("--n", nargs="+", type=int, default=[64, 256])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--mem-cap-gb", type=float, default=12.0)
+    ap.add_argument("--case", nargs=5, metavar=("MODEL", "SELECTION", "N", "METHOD", "KERNEL"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        import torch
+
+        torch.set_num_threads(1)
+        model, selection, n, method, path = args.case
+        record = run_case(model, selection, int(n), method, path)
+        Path(path).with_suffix(".json").write_text(json.dumps(record))
+        return
+    from tangentft.io import write_json
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {"cases": {}}
+    cases = result["cases"]
+    for model in args.models:
+        for selection in args.selections:
+            for n in sorted(args.n):
+                for method in args.methods:
+                    key = f"{model}|{selection}|{n}|{method}"
+                    if key in cases:
+                        continue
+                    smaller = [cases.get(f"{model}|{selection}|{m}|{method}") for m in args.n if m < n]
+                    if any(c is not None and c["status"] != "ok" for c in smaller):
+                        cases[key] = {"status": f"not attempted: {method} did not finish at a smaller n"}
+                        write_json(out, result)
+                        continue
+                    kernel = cache / f"{key.replace('|', '_')}.npy"
+                    rec = cache / f"{key.replace('|', '_')}.json"
+                    cmd = [sys.executable, __file__, "--case", model, selection, str(n), method, str(kernel)]
+                    status, wall = supervise(cmd, rec.with_suffix(".log"), args.timeout, args.mem_cap_gb)
+                    case = {"status": status, "wall_with_load_seconds": wall}
+                    if status == "ok":
+                        case.update(json.loads(rec.read_text()))
+                    cases[key] = case
+                    ref = cache / f"{model}_{selection}_{n}_{REFERENCE[method]}.npy"
+                    if status == "ok" and ref.is_file():
+                        a, b = np.load(kernel), np.load(ref)
+                        case["max_rel_diff"] = float(np.abs(a - b).max() / np.abs(b).max())
+                    print(key, json.dumps(case), flush=True)
+                    result.update(machine=machine(), spec={f"{m}|{s}": spec_of(m, s) for m in MODELS for s in SELECTIONS})
+                    write_json(out, result)
+
+
+def machine() -> str:
+    import torch
+
+    load1 = os.getloadavg()[0]
+    return (f"{platform.machine()} {os.cpu_count()} cpus (shared), load avg {load1:.1f} at last write, "
+            f"torch {torch.__version__}, 1 thread per case, nice 10")
+
+
+if __name__ == "__main__":
+    main()
