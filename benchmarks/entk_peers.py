@@ -32,10 +32,10 @@ a method that failed at n = 64 is not retried at n = 256.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -206,7 +206,44 @@ def signgd_per_example(tm, sel, x):
     return (J @ torch.sign(J).T).detach().numpy()
 
 
-def run_case(model: str, selection: str, n: int, method: str, kernel_path: str) -> dict:
+class PeakRSS:
+    """Highest resident memory seen by a 5 ms sampling thread while active (ru_maxrss cannot be reset)."""
+
+    def __init__(self, cap_gb: float):
+        import threading
+
+        self.cap, self.peak, self.on = cap_gb, 0.0, False
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self):
+        while True:
+            if self.on:
+                r = rss_gb()
+                self.peak = max(self.peak, r)
+                if r > self.cap:  # past the cap: end the process; the driver records the running method as OOM
+                    os._exit(3)
+            time.sleep(0.005)
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS, so the next method's RSS baseline is its own."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class OutOfTime(Exception):
+    pass
+
+
+def run_row(model: str, selection: str, n: int, methods: list[str], cache: Path, timeout: float, cap_gb: float):
+    """Every method of one row in this process (the model loads once), appending one JSON record per method
+    to the row's log; a "start" record first, so the driver knows which method a killed process was in."""
+    import signal
+
     import torch
 
     from tangentft.ntk import empirical_ntk
@@ -219,101 +256,131 @@ def run_case(model: str, selection: str, n: int, method: str, kernel_path: str) 
         "ntk_vector_products": lambda xs: ntk_vector_products(tm, sel, xs),
         "signgd_per_example": lambda xs: signgd_per_example(tm, sel, xs),
     }
-    fns[method](x[:2])  # warm-up: first-call allocations and lazy imports
-    before = rss_gb()
-    t = time.perf_counter()
-    k = fns[method](x)
-    seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    np.save(kernel_path, k)
-    return {"seconds": seconds, "peak_rss_gb": peak, "extra_rss_gb": peak - before, "num_params": sel.num_params(tm),
-            "K": tm.num_outputs, "torch_threads": torch.get_num_threads()}
+    watch = PeakRSS(cap_gb)
+
+    def alarm(*_):
+        raise OutOfTime
+
+    signal.signal(signal.SIGALRM, alarm)
+    log = cache / f"{model}_{selection}_{n}.jsonl"
+    for method in methods:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"method": method, "status": "started"}) + "\n")
+        rec = {"method": method, "num_params": sel.num_params(tm), "K": tm.num_outputs,
+               "torch_threads": torch.get_num_threads()}
+        try:
+            fns[method](x[:2])  # warm-up: first-call allocations and lazy imports
+            release_memory()
+            before = rss_gb()
+            watch.peak, watch.on = before, True
+            signal.alarm(int(timeout))
+            t = time.perf_counter()
+            k = fns[method](x)
+            rec["seconds"] = time.perf_counter() - t
+            signal.alarm(0)
+            watch.on = False
+            rec.update(status="ok", peak_rss_gb=watch.peak, extra_rss_gb=watch.peak - before, rss_before_gb=before)
+            np.save(cache / f"{model}_{selection}_{n}_{method}.npy", k)
+            del k
+        except OutOfTime:
+            rec["status"] = f"out of time (> {timeout:g} s)"
+        except Exception as e:  # noqa: BLE001 (a peer that fails is a result, recorded with its message)
+            rec["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        finally:
+            signal.alarm(0)
+            watch.on = False
+        release_memory()
+        with open(log, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
-def supervise(cmd: list[str], log: Path, timeout: float, cap_gb: float) -> tuple[str, float]:
-    """Run ``cmd`` (output to ``log``); kill it past ``timeout`` seconds or ``cap_gb`` resident GB.
-    Returns (status, seconds)."""
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    status = "ok"
-    while proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            with open(f"/proc/{proc.pid}/status") as fh:
-                rss = next((int(ln.split()[1]) / 2**20 for ln in fh if ln.startswith("VmRSS:")), 0.0)
-        except OSError:
-            rss = 0.0
-        if rss > cap_gb:
-            status = f"out of memory (resident > {cap_gb:g} GB cap)"
-        elif time.perf_counter() - t0 > timeout:
-            status = f"out of time (> {timeout:g} s)"
-        if status != "ok":
-            proc.kill()
-            proc.wait()
-            return status, time.perf_counter() - t0
-    output = log.read_text()
-    if proc.returncode != 0:
-        tail = [ln for ln in output.strip().splitlines() if ln.strip()]
-        return "failed: " + (tail[-1][:300] if tail else f"exit {proc.returncode}"), time.perf_counter() - t0
-    return status, time.perf_counter() - t0
+def records(log: Path) -> dict[str, dict]:
+    """method → its final record in a row's log; a method started and never finished → killed at the cap."""
+    out: dict[str, dict] = {}
+    if not log.is_file():
+        return out
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["method"]] = rec
+    return out
+
+
+def drive_row(model, selection, n, methods, cache: Path, timeout: float, cap_gb: float) -> dict[str, dict]:
+    """Run the row's missing methods in child processes until each has a record; returns the records."""
+    log = cache / f"{model}_{selection}_{n}.jsonl"
+    while True:
+        done = records(log)
+        for r in done.values():
+            if r["status"] == "started":  # the child died inside this method: past the memory cap
+                r["status"] = f"out of memory (resident > {cap_gb:g} GB cap)"
+                with open(log, "a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+        todo = [m for m in methods if m not in records(log)]
+        if not todo:
+            return records(log)
+        cmd = [sys.executable, __file__, "--row", model, selection, str(n), *todo, "--cache", str(cache),
+               "--timeout", str(timeout), "--mem-cap-gb", str(cap_gb)]
+        with open(cache / f"{model}_{selection}_{n}.log", "a") as fh:
+            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+        after = records(log)
+        if not any(m in after for m in todo):  # the child died before starting anything: give up on the row
+            for m in todo:
+                after[m] = {"method": m, "status": f"failed: the row's process exited early (see {model}_{selection}_{n}.log)"}
+            return after
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "entk_peers.json"))
-    ap.add_argument("--cache", default="/tmp/entk_peers", help="kernels and per-case records (not committed)")
+    ap.add_argument("--cache", default="/tmp/entk_peers", help="kernels and per-row logs (not committed)")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--selections", nargs="+", default=list(SELECTIONS))
     ap.add_argument("--n", nargs="+", type=int, default=[64, 256])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--timeout", type=float, default=300.0)
-    ap.add_argument("--mem-cap-gb", type=float, default=12.0)
-    ap.add_argument("--case", nargs=5, metavar=("MODEL", "SELECTION", "N", "METHOD", "KERNEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=float, default=240.0, help="seconds per method call")
+    ap.add_argument("--mem-cap-gb", type=float, default=12.0, help="resident GB per process")
+    ap.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.case:
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if args.row:
         import torch
 
         torch.set_num_threads(1)
-        model, selection, n, method, path = args.case
-        record = run_case(model, selection, int(n), method, path)
-        Path(path).with_suffix(".json").write_text(json.dumps(record))
+        model, selection, n, *methods = args.row
+        run_row(model, selection, int(n), methods, cache, args.timeout, args.mem_cap_gb)
         return
     from tangentft.io import write_json
 
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {"cases": {}}
     cases = result["cases"]
-    for model in args.models:
-        for selection in args.selections:
-            for n in sorted(args.n):
+    for n in sorted(args.n):  # every row at the small n first: a partial run still covers every row
+        for model in args.models:
+            for selection in args.selections:
+                todo = []
                 for method in args.methods:
                     key = f"{model}|{selection}|{n}|{method}"
-                    if key in cases:
-                        continue
                     smaller = [cases.get(f"{model}|{selection}|{m}|{method}") for m in args.n if m < n]
-                    if any(c is not None and c["status"] != "ok" for c in smaller):
+                    if key not in cases and any(c is not None and c["status"] != "ok" for c in smaller):
                         cases[key] = {"status": f"not attempted: {method} did not finish at a smaller n"}
-                        write_json(out, result)
-                        continue
-                    kernel = cache / f"{key.replace('|', '_')}.npy"
-                    rec = cache / f"{key.replace('|', '_')}.json"
-                    cmd = [sys.executable, __file__, "--case", model, selection, str(n), method, str(kernel)]
-                    status, wall = supervise(cmd, rec.with_suffix(".log"), args.timeout, args.mem_cap_gb)
-                    case = {"status": status, "wall_with_load_seconds": wall}
-                    if status == "ok":
-                        case.update(json.loads(rec.read_text()))
-                    cases[key] = case
+                    elif key not in cases:
+                        todo.append(method)
+                if not todo:
+                    continue
+                recs = drive_row(model, selection, n, todo, cache, args.timeout, args.mem_cap_gb)
+                for method in todo:
+                    case = {k: v for k, v in recs[method].items() if k != "method"}
+                    kernel = cache / f"{model}_{selection}_{n}_{method}.npy"
                     ref = cache / f"{model}_{selection}_{n}_{REFERENCE[method]}.npy"
-                    if status == "ok" and ref.is_file():
+                    if case["status"] == "ok" and ref.is_file():
                         a, b = np.load(kernel), np.load(ref)
                         case["max_rel_diff"] = float(np.abs(a - b).max() / np.abs(b).max())
-                    print(key, json.dumps(case), flush=True)
-                    result.update(machine=machine(), spec={f"{m}|{s}": spec_of(m, s) for m in MODELS for s in SELECTIONS})
-                    write_json(out, result)
+                    cases[f"{model}|{selection}|{n}|{method}"] = case
+                    print(f"{model}|{selection}|{n}|{method}", json.dumps(case), flush=True)
+                result.update(machine=machine(), spec={f"{m}|{s}": spec_of(m, s) for m in MODELS for s in SELECTIONS})
+                write_json(out, result)
 
 
 def machine() -> str:
