@@ -107,7 +107,7 @@ def _evaluating(model):
 def entk(model: nn.Module | Callable, params: Mapping[str, torch.Tensor], x1, x2=None, *, signgd: bool = False,
          max_memory: str | int = "1GB") -> torch.Tensor:
     """The empirical NTK Θ(x1, x2)[i, j, k, l] = ⟨∂f_k(x1_i)/∂θ, ∂f_l(x2_j)/∂θ⟩ over the parameters in
-    ``params`` (NTK paper, Jacot et al. 2018, eq. for Θ; finite width as in Novak et al. 2022, eq. 1), as a
+    ``params`` (NTK: Jacot et al. 2018; its finite-width empirical form as Novak et al. 2022 define it), as a
     float64 CPU tensor of shape (n1, n2, out, out).
 
     ``model``: an ``nn.Module`` called as ``model(x)`` (or ``model(**x)`` for a dict batch) returning
