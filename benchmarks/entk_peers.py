@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 MODELS = ("minilm", "smollm2-135m")
 LAYERS = {"minilm": "all", "smollm2-135m": "0,15,29", "tiny-llama": "all", "tiny-bert": "all"}  # tiny: smoke tests
 SELECTIONS = ("lora", "module", "s2ft")
-METHODS = ("tangentft", "jacobian_contraction", "ntk_vector_products", "signgd_tangentft", "signgd_per_example")
+METHODS = ("tangentft", "jacobian_contraction", "signgd_tangentft", "signgd_per_example", "ntk_vector_products")
 REFERENCE = {m: "signgd_tangentft" if m.startswith("signgd") else "tangentft" for m in METHODS}
 
 
@@ -239,7 +239,7 @@ class OutOfTime(Exception):
     pass
 
 
-def run_row(model: str, selection: str, n: int, methods: list[str], cache: Path, timeout: float, cap_gb: float):
+def run_row(model: str, selection: str, n: int, methods: list[str], cache: Path, timeouts: dict, cap_gb: float):
     """Every method of one row in this process (the model loads once), appending one JSON record per method
     to the row's log; a "start" record first, so the driver knows which method a killed process was in."""
     import signal
@@ -273,6 +273,7 @@ def run_row(model: str, selection: str, n: int, methods: list[str], cache: Path,
             release_memory()
             before = rss_gb()
             watch.peak, watch.on = before, True
+            timeout = timeouts.get(method, timeouts["default"])
             signal.alarm(int(timeout))
             t = time.perf_counter()
             k = fns[method](x)
@@ -283,7 +284,7 @@ def run_row(model: str, selection: str, n: int, methods: list[str], cache: Path,
             np.save(cache / f"{model}_{selection}_{n}_{method}.npy", k)
             del k
         except OutOfTime:
-            rec["status"] = f"out of time (> {timeout:g} s)"
+            rec["status"] = f"out of time (> {timeouts.get(method, timeouts['default']):g} s)"
         except Exception as e:  # noqa: BLE001 (a peer that fails is a result, recorded with its message)
             rec["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         finally:
@@ -306,7 +307,8 @@ def records(log: Path) -> dict[str, dict]:
     return out
 
 
-def drive_row(model, selection, n, methods, cache: Path, timeout: float, cap_gb: float) -> dict[str, dict]:
+def drive_row(model, selection, n, methods, cache: Path, timeout: float, timeout_vp: float,
+              cap_gb: float) -> dict[str, dict]:
     """Run the row's missing methods in child processes until each has a record; returns the records."""
     log = cache / f"{model}_{selection}_{n}.jsonl"
     while True:
@@ -320,7 +322,7 @@ def drive_row(model, selection, n, methods, cache: Path, timeout: float, cap_gb:
         if not todo:
             return records(log)
         cmd = [sys.executable, __file__, "--row", model, selection, str(n), *todo, "--cache", str(cache),
-               "--timeout", str(timeout), "--mem-cap-gb", str(cap_gb)]
+               "--timeout", str(timeout), "--timeout-ntk-vp", str(timeout_vp), "--mem-cap-gb", str(cap_gb)]
         with open(cache / f"{model}_{selection}_{n}.log", "a") as fh:
             subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
         after = records(log)
@@ -339,6 +341,8 @@ def main() -> None:
     ap.add_argument("--n", nargs="+", type=int, default=[64, 256])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds per method call")
+    ap.add_argument("--timeout-ntk-vp", type=float, default=60.0,
+                    help="seconds for ntk_vector_products (n² vjp/jvp pairs: the slowest by far on a CPU)")
     ap.add_argument("--mem-cap-gb", type=float, default=12.0, help="resident GB per process")
     ap.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -349,7 +353,8 @@ def main() -> None:
 
         torch.set_num_threads(1)
         model, selection, n, *methods = args.row
-        run_row(model, selection, int(n), methods, cache, args.timeout, args.mem_cap_gb)
+        timeouts = {"default": args.timeout, "ntk_vector_products": args.timeout_ntk_vp}
+        run_row(model, selection, int(n), methods, cache, timeouts, args.mem_cap_gb)
         return
     from tangentft.io import write_json
 
@@ -369,7 +374,7 @@ def main() -> None:
                         todo.append(method)
                 if not todo:
                     continue
-                recs = drive_row(model, selection, n, todo, cache, args.timeout, args.mem_cap_gb)
+                recs = drive_row(model, selection, n, todo, cache, args.timeout, args.timeout_ntk_vp, args.mem_cap_gb)
                 for method in todo:
                     case = {k: v for k, v in recs[method].items() if k != "method"}
                     kernel = cache / f"{model}_{selection}_{n}_{method}.npy"
