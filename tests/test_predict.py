@@ -330,27 +330,25 @@ def test_the_prediction_sees_the_task_the_run_trains(tmp_path, data_dir):
     exactly (metric, loss and the outputs at θ0). The prediction once loaded the task without them."""
     import torch
 
-    from tangentft.predict.curve import run_kernels
-    from tangentft.predict.launch import train_with_prediction
+    from tangentft.predict.curve import predict_with, run_kernels
     from tangentft.train.loop import split_data
 
     cfg = TrainConfig(model="tiny-llama", task=str(data_dir / "sst2"), template="Text: {sentence}\nMood:",
                       label_words=[" bad", " good"], method="lora", method_options={"params": "lora(r=2):q,v@0"},
                       n_train=8, n_eval=12, max_steps=2, eval_every=2, batch_size=4, lr=0.01)
-    train_with_prediction(cfg, tmp_path / "run", n=8)
-    pred = json.loads((tmp_path / "run" / "prediction.json").read_text())
-    step0 = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    assert pred["steps"][0] == step0["step"] == 0
-    assert pred["eval_metric"][0] == step0["eval_metric"]
-    assert pred["eval_loss"][0] == pytest.approx(step0["eval_loss"], rel=1e-6)
+    rk = run_kernels(cfg, n=8)
+    pred = predict_with(rk, cfg, draws=2)
 
-    task = cfg.load_task()
+    task = cfg.load_task()  # as train.run.run_training builds the run
     assert task.spec.template == cfg.template and task.spec.label_words == cfg.label_words
     data = split_data(task, cfg)
     trainer = Trainer(tiny_task_model("tiny-llama", task.spec), get_method(cfg.method)(cfg.method_config()), data,
-                      cfg, tmp_path / "again")
-    trainer.setup()  # the run's model at θ0, as its step-0 evaluation sees it
+                      cfg, tmp_path)
+    trainer.setup()  # the run's model at θ0
+    loss, _, metric = trainer.evaluate(data.eval)  # the evaluation the loop writes as step 0
+    assert pred["steps"][0] == 0 and pred["eval_metric"][0] == metric
+    assert pred["eval_loss"][0] == pytest.approx(loss, rel=1e-6)
     with torch.no_grad():
         enc = trainer.task_model.encode(data.eval)
         run_outputs = trainer.model(enc["input_ids"], enc["attention_mask"]).double().numpy()
-    assert np.allclose(run_kernels(cfg, n=8).f0_eval, run_outputs, rtol=0, atol=1e-6)
+    assert np.allclose(rk.f0_eval, run_outputs, rtol=0, atol=1e-6)
