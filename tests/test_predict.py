@@ -22,8 +22,7 @@ def _linearized_run(tmp_path, loss, **cfg_kw):
     train, evals = toy_examples(12), toy_examples(10, seed=5)
     cfg = TrainConfig(model="tiny-llama", method="linearized", method_options={"params": "q,v@0;o@1"},
                       optimizer="sgd", loss=loss, batch_size=4, max_steps=9, eval_every=3, seed=3, **cfg_kw)
-    method = get_method("linearized")
-    m = method(method.config_class.from_options("linearized", {"seed": 3, **cfg.method_options}))
+    m = get_method(cfg.method)(cfg.method_config())
     Trainer(tm, m, TrainData(train, [], evals, train[:4]), cfg, tmp_path).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     kt, kc = empirical_ntk_pair(tm, m.selected, train, evals)
