@@ -284,7 +284,8 @@ def run_row(model: str, selection: str, n: int, methods: list[str], cache: Path,
             np.save(cache / f"{model}_{selection}_{n}_{method}.npy", k)
             del k
         except OutOfTime:
-            rec["status"] = f"out of time (> {timeouts.get(method, timeouts['default']):g} s)"
+            rec["seconds_bound"] = timeouts.get(method, timeouts["default"])
+            rec["status"] = f"out of time (> {rec['seconds_bound']:g} s)"
         except Exception as e:  # noqa: BLE001 (a peer that fails is a result, recorded with its message)
             rec["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         finally:
@@ -385,7 +386,69 @@ def main() -> None:
                     cases[f"{model}|{selection}|{n}|{method}"] = case
                     print(f"{model}|{selection}|{n}|{method}", json.dumps(case), flush=True)
                 result.update(machine=machine(), spec={f"{m}|{s}": spec_of(m, s) for m in MODELS for s in SELECTIONS})
+                result["summary"] = summarize(result)
                 write_json(out, result)
+                plot(result, out.with_suffix(".png"))
+
+
+def summarize(result: dict) -> dict:
+    """Per row: each method's seconds and extra GB over tangentft's (the issue's target: ≥ 2× faster than the
+    better torch.func method at equal memory, or ≥ 2× less memory at equal time)."""
+    rows: dict[str, dict] = {}
+    for key, case in result["cases"].items():
+        model, selection, n, method = key.split("|")
+        rows.setdefault(f"{model}|{selection}|{n}", {})[method] = case
+    out = {}
+    for row, cases in rows.items():
+        ours = cases.get("tangentft", {})
+        peers = {m: c for m, c in cases.items() if m in ("jacobian_contraction", "ntk_vector_products")}
+        done = {m: c for m, c in peers.items() if c.get("status") == "ok"}
+        entry: dict = {}
+        if ours.get("status") == "ok":
+            if done:
+                best = min(done, key=lambda m: done[m]["seconds"])
+                entry.update(better_torch_func=best, speedup=done[best]["seconds"] / ours["seconds"],
+                             memory_ratio=max(done[best]["extra_rss_gb"], 1e-3) / max(ours["extra_rss_gb"], 1e-3))
+            failed = {m: c["status"] for m, c in peers.items() if c.get("status") != "ok"}
+            if failed:
+                entry["torch_func_not_finished"] = failed
+        sg, pe = cases.get("signgd_tangentft", {}), cases.get("signgd_per_example", {})
+        if sg.get("status") == "ok" and pe.get("status") == "ok":
+            entry["signgd_speedup"] = pe["seconds"] / sg["seconds"]
+        out[row] = entry
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Seconds (log) per method and row; hatched bars: out of time/memory (drawn at the bound)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted({k.rsplit("|", 1)[0] for k in result["cases"]}, key=lambda r: (r.split("|")[2].zfill(5), r))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows)), 4.5))
+    width = 0.8 / len(METHODS)
+    for j, method in enumerate(METHODS):
+        for i, row in enumerate(rows):
+            case = result["cases"].get(f"{row}|{method}")
+            if case is None or case["status"].startswith("not attempted"):
+                continue
+            ok = case["status"] == "ok"
+            secs = case["seconds"] if ok else case.get("seconds_bound")
+            if secs is None:  # out of memory or failed: see the table
+                continue
+            ax.bar(i + (j - len(METHODS) / 2 + 0.5) * width, secs, width, color=f"C{j}", hatch=None if ok else "//",
+                   alpha=1.0 if ok else 0.4)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(METHODS))]
+    ax.legend(handles, METHODS, fontsize=7, ncol=3)
+    ax.set_xticks(range(len(rows)), [r.replace("|", "\n") for r in rows], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (one call; hatched: did not finish)")
+    ax.set_title("eNTK: tangentft vs torch.func (tutorial methods); SignGD vs per-example gradients", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def machine() -> str:
