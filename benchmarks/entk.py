@@ -48,6 +48,10 @@ from tangentft.ntk.capture import capture, capturing  # noqa: E402
 from tangentft.ntk.contraction import parse_memory  # noqa: E402
 from tangentft.ntk.engine import make_plan  # noqa: E402
 
+# What the engine cannot go below, stated in the JSON next to the ratio against it.
+LIMIT = ("the same chunks (length-sorted, same sizes) run through encode + one batched forward + K batched "
+         "backward passes with the engine's hooks on and the captured factors cast and masked, i.e. "
+         "ntk.capture.capture per chunk; no planning, features, contraction, fingerprint or check")
 SPECS = {"smollm2-135m": "lora(r=8):q,v@0,15,29", "minilm": "lora(r=8):q,v@all", "tiny-llama": "lora(r=8):q,v@all"}
 
 
@@ -180,7 +184,8 @@ def main() -> None:
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "engine_timings": kern.timings,
         "kernel_check": kern.check(warn=False),
-        "targets": {"entk_over_limit_max": 1.3, "naive_over_entk_min": 2.0, "max_rel_err_max": 1e-5},
+        "limit": LIMIT,
+        "targets": {"entk_over_limit_max": 1.1, "naive_over_entk_min": 2.0, "max_rel_err_max": 1e-5},
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
     }
