@@ -196,14 +196,27 @@ class Accumulator:
     def rows(self, ch: Chunk) -> np.ndarray:
         return ch.idx if self.plan.traced else (ch.idx[:, None] * self.plan.K + np.arange(self.plan.K)).ravel()
 
-    def side(self, chunks: list[tuple[Chunk, list]]) -> Side:
-        """Stack the materialized features of ``chunks`` ((chunk, features) pairs) into one side."""
-        t = time.perf_counter()
-        mat = [i for i, k in enumerate(self.plan.kinds) if k == "materialize"]
-        stacked = {i: torch.cat([f[i].g for _, f in chunks]) if len(chunks) > 1 else chunks[0][1][i].g for i in mat}
-        gram = [(self.rows(ch), {i: f[i] for i, k in enumerate(self.plan.kinds) if k == "gram"}) for ch, f in chunks]
-        self.seconds += time.perf_counter() - t
-        return Side(np.concatenate([self.rows(ch) for ch, _ in chunks]), stacked, gram)
+    def side(self, chunks: list[Chunk], feature_stream) -> Side:
+        """One side from ``feature_stream`` (yields each chunk's features in order): each materialized block is
+        copied into one (N, K, P) tensor as its chunk arrives, so the side costs its stacked features plus one
+        chunk's, never two copies of the stack."""
+        offsets = np.cumsum([0] + [len(ch.idx) for ch in chunks])
+        stacked: dict[int, torch.Tensor] = {}
+        gram = []
+        for c, (ch, feats) in enumerate(zip(chunks, feature_stream, strict=True)):
+            t = time.perf_counter()
+            for i, kind in enumerate(self.plan.kinds):
+                if kind == "materialize":
+                    g = feats[i].g
+                    if len(chunks) == 1:
+                        stacked[i] = g
+                        continue
+                    if i not in stacked:
+                        stacked[i] = g.new_empty((int(offsets[-1]), *g.shape[1:]))
+                    stacked[i][offsets[c]:offsets[c + 1]] = g
+            gram.append((self.rows(ch), {i: f for i, (f, k) in enumerate(zip(feats, self.plan.kinds, strict=True)) if k == "gram"}))
+            self.seconds += time.perf_counter() - t
+        return Side(np.concatenate([self.rows(ch) for ch in chunks]), stacked, gram)
 
     def _add(self, out: dict, rows, cols, per_group: dict[str, torch.Tensor], transpose: bool = False) -> None:
         for g, tile in per_group.items():
@@ -281,18 +294,25 @@ def run_passes(plan: Plan, features: Features, acc: Accumulator, device: torch.d
     me, ranks = distributed.rank(), distributed.world_size()
     t_comm = 0.0
     for work in schedule(plan, ranks):
-        own = {i: features("held", ch) for i, ch in enumerate(work.chunks) if work.held_owner[i] == me}
-        t = time.perf_counter()
-        held = [
-            (ch, _unflatten(distributed.broadcast_tensors(_flatten(own[i]) if i in own else None,
-                                                          work.held_owner[i], device, "sharing eNTK features"),
-                            plan.kinds))
-            if ranks > 1 else (ch, own[i])
-            for i, ch in enumerate(work.chunks)
-        ]
-        t_comm += time.perf_counter() - t
-        tile = acc.side(held)
-        del held, own
+        # Under ranks, every rank first runs its own chunks (in parallel), then each chunk's features travel
+        # from its owner to all; alone, each chunk runs as the stack takes it.
+        own = {i: features("held", ch) for i, ch in enumerate(work.chunks) if work.held_owner[i] == me} \
+            if ranks > 1 else {}
+
+        def stream(work=work, own=own):
+            nonlocal t_comm
+            for i, ch in enumerate(work.chunks):
+                if ranks == 1:
+                    yield features("held", ch)
+                    continue
+                t = time.perf_counter()
+                mine = own.pop(i, None)
+                yield _unflatten(distributed.broadcast_tensors(None if mine is None else _flatten(mine),
+                                                               work.held_owner[i], device, "sharing eNTK features"),
+                                 plan.kinds)
+                t_comm += time.perf_counter() - t
+
+        tile = acc.side(work.chunks, stream())
         if plan.symmetric:
             mine = [pair for pair, owner in zip(work.pairs, work.pair_owner, strict=True) if owner == me]
             acc.self_kernel(tile, mine, materialized=work.pair_owner[0] == me)
@@ -300,7 +320,7 @@ def run_passes(plan: Plan, features: Features, acc: Accumulator, device: torch.d
             if owner != me:
                 continue
             cq = plan.held_chunks[c] if side == "held" else plan.stream_chunks[c]
-            q = acc.side([(cq, features(side, cq))])
+            q = acc.side([cq], [features(side, cq)])
             if side == "held":
                 acc.mirrored(tile, q)
             else:
