@@ -349,7 +349,11 @@ def main() -> None:
                     help="seconds for ntk_vector_products (n² vjp/jvp pairs: the slowest by far on a CPU)")
     ap.add_argument("--mem-cap-gb", type=float, default=12.0, help="resident GB per process")
     ap.add_argument("--row", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if args.row:
@@ -420,6 +424,33 @@ def summarize(result: dict) -> dict:
             entry["signgd_speedup"] = pe["seconds"] / sg["seconds"]
         out[row] = entry
     return out
+
+
+def _cell(case: dict | None) -> str:
+    if case is None:
+        return "not run"
+    if case["status"] != "ok":
+        return "not attempted" if case["status"].startswith("not attempted") else case["status"]
+    diff = case.get("max_rel_diff")
+    return f"{case['seconds']:.1f} s, +{case['extra_rss_gb']:.2f} GB" + (f", Δ {diff:.0e}" if diff else "")
+
+
+def table(result: dict) -> str:
+    """The README table: per row each method's seconds, extra resident GB and max rel. diff vs tangentft."""
+    heads = ["model", "selection", "n", "params", *METHODS, "speedup vs better torch.func", "SignGD speedup"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
+    rows = sorted({k.rsplit("|", 1)[0] for k in result["cases"]}, key=lambda r: (int(r.split("|")[2]), r))
+    for row in rows:
+        model, selection, n = row.split("|")
+        cases = {m: result["cases"].get(f"{row}|{m}") for m in METHODS}
+        params = next((c["num_params"] for c in cases.values() if c and "num_params" in c), "")
+        summ = result.get("summary", {}).get(row, {})
+        sp = f"{summ['speedup']:.2f}× ({summ['better_torch_func']}; memory {summ['memory_ratio']:.2f}×)" \
+            if "speedup" in summ else "—"
+        sg = f"{summ['signgd_speedup']:.2f}×" if "signgd_speedup" in summ else "—"
+        lines.append("| " + " | ".join([model, selection, n, f"{params:,}" if params else "", *map(_cell, cases.values()),
+                                         sp, sg]) + " |")
+    return "\n".join(lines)
 
 
 def plot(result: dict, path: Path) -> None:
