@@ -1,5 +1,6 @@
 """Bad input through the CLI: one error line naming the file/field/value and exit code 2, never a
-traceback, and no run lost or left half-written. Each test is one case of issue 10's hardening list."""
+traceback, and no run lost or left half-written. Each test is one case of issue 10's hardening list, or (from
+"round two" on) of issue 25's."""
 
 from __future__ import annotations
 
@@ -358,3 +359,95 @@ def test_checking_an_out_folder_creates_nothing(tmp_path, monkeypatch):
         ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
         with pytest.raises(TangentError, match="cannot create folder"):
             check_out_dir(ro / "new")
+
+
+# -- round two (issue 25): runs lost ---------------------------------------------------------------------------------
+# What a running ``train`` does to its folder (tangentft.io.folder_lock), without importing torch.
+HOLD = ("import fcntl, os, sys, time\nfd = os.open(sys.argv[1] + '/.tangentft.lock', os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, b'%d\\n' % os.getpid())\nprint('held', flush=True)\ntime.sleep(60)")
+
+
+@pytest.fixture
+def holder():
+    """Start a second process holding a folder's lock, as a running ``train`` does; yields ``hold(folder)``."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def hold(folder: Path):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(runs, tmp_path, holder):
+    """Case 1: two processes writing one --out interleaved their metrics and kept one run's adapter."""
+    run = copy_run(runs, "full", tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".tangentft.lock"}
+    proc = holder(run)
+    for args in (["train", "--resume", run, "--max-steps", 4], train_args(runs["task"], run, "--overwrite")):
+        refused(cli(*args), f"{run} is in use by another tangentft process (pid {proc.pid})")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".tangentft.lock"} == before
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    proc = holder(fresh)
+    refused(cli(*train_args(runs["task"], fresh)), f"{fresh} is in use by another tangentft process (pid {proc.pid})")
+    assert [p.name for p in fresh.iterdir()] == [".tangentft.lock"]
+
+
+def test_a_killed_writer_leaves_no_stale_lock(runs, tmp_path, holder):
+    """Case 1: the kernel drops a dead process's flock, so a killed run resumes at once."""
+    run = copy_run(runs, "full", tmp_path)
+    proc = holder(run)
+    proc.kill()
+    proc.wait()
+    res = cli("train", "--resume", run, "--max-steps", 3)
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+
+
+def test_a_folder_locked_in_this_process_is_refused_too(runs, tmp_path):
+    """flock belongs to the open file, so even a second run started in the same process (a notebook) is refused."""
+    from tangentft.io import folder_lock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with folder_lock(out):
+        refused(cli(*train_args(runs["task"], out)), f"{out} is in use by another tangentft process (pid {os.getpid()})")
+    res = cli(*train_args(runs["task"], out))
+    assert res.exit_code == 0, res.output
+
+
+def test_resume_of_a_trained_run_without_its_checkpoint_refuses(runs, tmp_path):
+    """Case 2: the run restarted from step 0 and replaced the finished adapter and metrics without a word."""
+    run = copy_run(runs, "lora", tmp_path)
+    (run / "checkpoint.safetensors").unlink()
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused(cli("train", "--resume", run, "--max-steps", 6),
+            f"resume: {run / 'checkpoint.safetensors'} is missing but the run in {run} finished after 2 steps")
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    (run / "summary.json").unlink()  # killed before it finished: its metrics still say it trained
+    refused(cli("train", "--resume", run, "--max-steps", 6), "recorded 2 steps")
+
+
+@pytest.mark.parametrize("steps, more", [(2, 3), (2, 5)])
+def test_every_step_of_an_extended_run_changes_theta(runs, tmp_path, steps, more):
+    """Case 3: the checkpoint's rate was the old schedule's 0 at its last step, so the first new step did nothing."""
+    run = tmp_path / "r"
+    res = cli(*train_args(runs["task"], run, "--method", "full", "--params", "q@0", "--max-steps", steps,
+                          "--eval-every", 1, "--warmup-ratio", 0))
+    assert res.exit_code == 0, res.output
+    res = cli("train", "--resume", run, "--max-steps", more)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(more + 1))
+    dist = [r["theta_dist"] for r in rows]
+    assert all(b != a for a, b in zip(dist[steps - 1:], dist[steps:])), dist
+    assert all(r["lr"] > 0 for r in rows[steps + 1:-1]) and rows[-1]["lr"] == 0, [r["lr"] for r in rows]

@@ -47,7 +47,7 @@ from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import LinearizationProbe, peak_rss_gb, theta_dist
 from .regularization import PullToInit, build_optimizer
-from .schedule import warmup_linear
+from .schedule import warmup_linear, warmup_linear_factor
 
 
 def check_diverged(step: int, loss: float, params: dict[str, torch.Tensor], lr: float) -> None:
@@ -217,12 +217,27 @@ class Trainer:
         self.method.load_checkpoint_state(self.model, ck.model_state)
         self.optimizer.load_state_dict(ck.optimizer_state)
         self.scheduler.load_state_dict({**ck.scheduler_state, "lr_lambdas": [None]})
+        self._continue_schedule()
         torch.set_rng_state(ck.rng["torch"])
         state = ck.state
         if distributed.is_main():
             self._truncate_metrics(self.metrics_path, state.step)
         self._t0 = time.perf_counter() - state.wall_s
         return state, self._last_row(self.metrics_path)
+
+    def _continue_schedule(self) -> None:
+        """Set the rate of the next step from the schedule of a run planned for ``self.total`` steps.
+
+        The checkpoint holds the rate its own schedule gave the next step, which is 0 after the last step of a
+        finished run: a run extended to T' steps would spend its first new step at rate 0 and change nothing.
+        The extended run instead goes on as a T'-step run would at this step (linear decay toward 0 at step T',
+        from the resumed step on); a run resumed with its own step budget gets back exactly the stored rate.
+        """
+        step = self.scheduler.last_epoch
+        rates = [base * warmup_linear_factor(step, self.total, self.cfg.warmup_ratio) for base in self.scheduler.base_lrs]
+        for group, rate in zip(self.scheduler.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        self.scheduler._last_lr = rates
 
     def done(self, state: TrainState) -> bool:
         """The step budget is spent or early stopping fired."""
