@@ -449,5 +449,82 @@ def test_every_step_of_an_extended_run_changes_theta(runs, tmp_path, steps, more
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(more + 1))
     dist = [r["theta_dist"] for r in rows]
-    assert all(b != a for a, b in zip(dist[steps - 1:], dist[steps:])), dist
+    assert all(b != a for a, b in zip(dist[steps - 1:-1], dist[steps:], strict=True)), dist
     assert all(r["lr"] > 0 for r in rows[steps + 1:-1]) and rows[-1]["lr"] == 0, [r["lr"] for r in rows]
+
+
+# -- round two: tracebacks ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["train", "ntk"])
+def test_an_integer_beyond_64_bits_is_refused_where_it_is_parsed(runs, tmp_path, command):
+    """Case 4: --seed 99999999999999999999999 overflowed inside torch.manual_seed."""
+    out = tmp_path / "r"
+    args = (train_args(runs["task"], out) if command == "train"
+            else ["ntk", "--model", "tiny-llama", "--task", runs["task"], "--params", "q@0", "--n", 2, "--out", out])
+    refused(cli(*args, "--seed", "99999999999999999999999"), "--seed 99999999999999999999999 is out of range")
+    assert not out.exists()
+    from tangentft.errors import TangentError
+    from tangentft.train.config import TrainConfig
+
+    with pytest.raises(TangentError, match="seed must be in 0"):
+        TrainConfig(seed=2**70)
+
+
+def test_plan_computes_sizes_without_allocating_them(tmp_path):
+    """Case 5: a LoRA rank of 10⁹ made PEFT allocate its factors (2.3 TB) on the CPU instead of the meta device."""
+    from tangentft.analysis.memory import memory_plan
+
+    res = cli("plan", "--model", "tiny-llama", "--params", "lora(r=1000000000):q,v@all", "--n", 4)
+    assert res.exit_code == 0, res.output
+    assert "selected 224,000,000,000" in res.output, res.output
+    assert "warning: LoRA rank r=1000000000 exceeds the full rank 16" in res.output
+    with pytest.warns(UserWarning, match="exceeds the full rank 32"):
+        plan = memory_plan("tiny-llama", "lora(r=1000000000):q@0", 4)
+    assert plan.selected_params == 2 * 64 * 10**9 // 2
+
+
+def _full_disk(tmp_path: Path, size: str = "40k"):
+    """A tiny tmpfs at tmp_path/full (unmounted by the caller), or None where this machine cannot mount one."""
+    import subprocess
+
+    where = tmp_path / "full"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    return where if done.returncode == 0 else None
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(runs, tmp_path, monkeypatch):
+    """Case 6: a run into a full disk ended in SafetensorError and left a partial folder that --resume tripped on.
+    On a tmpfs of 40 kB where the machine lets us mount one, else with every safetensors write failing ENOSPC."""
+    import subprocess
+
+    disk = _full_disk(tmp_path)
+    if disk is None:
+        from safetensors import SafetensorError
+        from safetensors import torch as st_torch
+
+        def enospc(*_a, **_k):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        monkeypatch.setattr(st_torch, "save_file", enospc)
+        disk = tmp_path
+    try:
+        out = disk / "r"
+        refused(cli(*train_args(runs["task"], out, "--method", "full", "--params", "q@0,1", "--n-eval", 2)),
+                f"cannot write {out}/", "No space left on device")
+        assert not out.exists() and [p.name for p in disk.iterdir() if p.name != "full"] == []
+        refused(cli("train", "--resume", out), "not a tangentft train output folder")
+    finally:
+        if disk != tmp_path:
+            subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_method_refuses_a_dtype_it_cannot_train_before_writing_anything(runs, tmp_path):
+    """Case 7: linearized with float16 weights died with "Half != float" and left config.json, after which the
+    same --out was refused as holding a run."""
+    out = tmp_path / "r"
+    for method, dtype in (("linearized", "float16"), ("s2ft", "bfloat16")):
+        refused(cli(*train_args(runs["task"], out, "--method", method, "--params", "q@0", "--dtype", dtype)),
+                f"method '{method}' does not train with dtype {dtype}")
+        assert not out.exists()
+    res = cli(*train_args(runs["task"], out, "--method", "linearized", "--params", "q@0", "--dtype", "bfloat16"))
+    assert res.exit_code == 0, res.output

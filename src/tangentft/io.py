@@ -47,6 +47,8 @@ def staging_dir(target: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, _DIR_MODE)
     try:
         yield tmp
+    except OSError as exc:
+        raise TangentError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -112,6 +114,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk, a quota: the old file (if any) stays whole
+        raise TangentError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -297,18 +301,26 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON object as a line; a line is written in one ``write`` call and flushed."""
     path = Path(path)
     ensure_dir(path.parent)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(to_jsonable(record)) + "\n")
-        fh.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(to_jsonable(record)) + "\n")
+            fh.flush()
+    except OSError as exc:
+        raise TangentError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
     """Save a name -> tensor mapping with :mod:`safetensors` atomically (tensors made contiguous)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
+        except SafetensorError as exc:  # its I/O errors (a full disk) arrive as this, not as OSError
+            reason = str(exc).rsplit("I/O error: ", 1)[-1]
+            raise TangentError(f"cannot write {path}: {reason}") from None
     return Path(path)
 
 

@@ -95,11 +95,15 @@ class TrainConfig:
         method.config_class.from_options(self.method, {"seed": self.seed, **self.method_options})
         if self.method_options.get("params"):
             parse_spec(str(self.method_options["params"]))  # unknown module types fail before any loading
-        from ..device import resolve_dtype
+        from ..device import dtype_name, resolve_dtype
 
-        resolve_dtype(self.dtype)
+        dtype = dtype_name(resolve_dtype(self.dtype))
+        if method.dtypes is not None and dtype not in method.dtypes:
+            raise TangentError(f"method '{self.method}' does not train with dtype {dtype} ({method.dtypes_why}); "
+                               f"use dtype {' or '.join(method.dtypes)}")
         checks = [
             (self.lr > 0, f"learning rate must be positive, got lr={self.lr}"),
+            (0 <= self.seed < 2**63, f"seed must be in 0 … 2**63−1 (torch's seed range), got {self.seed}"),
             (self.stop_at in (None, *STOP_RULES),
              f"unknown stop_at '{self.stop_at}': the only rule is {', '.join(STOP_RULES)}"),
             (self.lam >= 0, f"λ must be ≥ 0, got lam={self.lam}"),

@@ -199,8 +199,11 @@ class Trainer:
         # The probe's θ0 is keyed like the network's values (method.nonlinear), which for a factored method
         # (linearized with factor_rank: θ0 + B·A) are not its trainable tensors.
         _, theta_at_0 = self.method.nonlinear(self.model)
-        self.probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe),
-                                        {n: t.detach().clone() for n, t in theta_at_0.items()})
+        # The probe calls the method's network directly, not the prepared model accelerate runs under autocast:
+        # with bfloat16/float16 weights and fp32 trained tensors it needs the same autocast to multiply them.
+        with self.accelerator.autocast():
+            self.probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe),
+                                            {n: t.detach().clone() for n, t in theta_at_0.items()})
 
     def start_or_resume(self, resume: bool) -> tuple[TrainState, dict]:
         """A fresh :class:`TrainState` and the step-0 evaluation row, or the checkpoint's state loaded into
@@ -310,7 +313,8 @@ class Trainer:
             row["val_loss"], _, row["val_metric"] = self.evaluate(self.data.val)
         check_row_finite(row, self.cfg.lr)
         row["theta_dist"] = theta_dist(self.params, self.theta0)
-        row.update(self.probe.measure(self.model))
+        with self.accelerator.autocast():
+            row.update(self.probe.measure(self.model))
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         state.wall_s = time.perf_counter() - self._t0
         row["wall_s"] = round(state.wall_s, 3)

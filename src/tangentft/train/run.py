@@ -133,6 +133,12 @@ def _run_folder(out: Path, *, fresh: bool, overwrite: bool) -> Iterator[None]:
     except TangentError:
         remove_dir(out)
         raise
+    except Exception:
+        # A crash before the first checkpoint leaves nothing to resume; a config.json alone would only make the
+        # next attempt refuse the folder as holding a run.
+        if not (out / CHECKPOINT).is_file():
+            remove_dir(out)
+        raise
 
 
 def _made(cfg: TrainConfig, summary: dict) -> list[str]:
@@ -212,19 +218,19 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool,
                 if main:
                     write_prediction(out, prediction)
         summary = Trainer(task_model, method_cls(method_cfg), data, cfg, out, callback).fit(resume=continuing)
-    if main:
-        if (out / "adapter" / "adapter_config.json").is_file():
-            fingerprint = read_json(out / CONFIG, RunConfig).base_fingerprint
-            write_card(out / "adapter", title=f"tangentft {cfg.method} adapter: {task.spec.name}", task_model=task_model,
-                       base_fingerprint=fingerprint, made=_made(cfg, summary))
-        plot_run(out / "metrics.jsonl", out / "figures")
-        write_summary(out, cfg.to_json(), summary, read_metrics(out / "metrics.jsonl"))
-        if prediction is not None:
-            from ..io import atomic_write
-            from .against import check_run
+        if main:
+            if (out / "adapter" / "adapter_config.json").is_file():
+                fingerprint = read_json(out / CONFIG, RunConfig).base_fingerprint
+                write_card(out / "adapter", title=f"tangentft {cfg.method} adapter: {task.spec.name}", task_model=task_model,
+                           base_fingerprint=fingerprint, made=_made(cfg, summary))
+            plot_run(out / "metrics.jsonl", out / "figures")
+            write_summary(out, cfg.to_json(), summary, read_metrics(out / "metrics.jsonl"))
+            if prediction is not None:
+                from ..io import atomic_write
+                from .against import check_run
 
-            cmp, md = check_run(prediction, out, out / "figures")
-            summary["prediction"] = cmp
-            write_json(out / "summary.json", summary)
-            atomic_write(out / "summary.md", (out / "summary.md").read_text() + "\n" + md)
+                cmp, md = check_run(prediction, out, out / "figures")
+                summary["prediction"] = cmp
+                write_json(out / "summary.json", summary)
+                atomic_write(out / "summary.md", (out / "summary.md").read_text() + "\n" + md)
     return summary
