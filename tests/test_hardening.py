@@ -50,14 +50,15 @@ def train_args(task: Path, out: Path, *extra) -> list:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Finished tiny runs: S2FT on two different bases (seeds 0, 1), LoRA, and full fine-tuning."""
+    """Finished tiny runs: S2FT on two different bases (seeds 0, 1) and on tiny-gpt2, LoRA, and full fine-tuning."""
     root = tmp_path_factory.mktemp("runs")
     task = write_task(root / "task", rows=48)
     (task / "test.tsv").write_text((task / "train.tsv").read_text())
     made = {}
     for name, extra in (("s2ft0", ["--method", "s2ft"]), ("s2ft1", ["--method", "s2ft", "--seed", 1]),
                         ("lora", ["--method", "lora", "--params", "lora(r=2):q,v@0"]),
-                        ("full", ["--method", "full", "--params", "q@0"])):
+                        ("full", ["--method", "full", "--params", "q@0"]),
+                        ("s2ft_gpt2", ["--method", "s2ft", "-m", "tiny-gpt2"])):
         res = cli(*train_args(task, root / name, "--n-eval", 4, *extra))
         assert res.exit_code == 0, res.output
         made[name] = root / name
@@ -528,3 +529,89 @@ def test_a_method_refuses_a_dtype_it_cannot_train_before_writing_anything(runs, 
         assert not out.exists()
     res = cli(*train_args(runs["task"], out, "--method", "linearized", "--params", "q@0", "--dtype", "bfloat16"))
     assert res.exit_code == 0, res.output
+
+
+# -- round two: accepted silently -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("content, expected", [
+    ("label\tsentence\n0\t \n1\t\n", "every sentence is empty (2 rows)"),
+    ("label\tsentence\tlabel\n0\tgood\t1\n1\tbad\t0\n", "column 'label' appears 2 times in the header (columns 1, 3)"),
+])
+def test_task_files_that_cannot_mean_anything_are_refused(tmp_path, content, expected):
+    """Case 9: every sentence empty, or a duplicated column of conflicting values (the first was used)."""
+    (tmp_path / "train.tsv").write_text(content)
+    refused(cli("data", "inspect", tmp_path), f"{tmp_path / 'train.tsv'}", expected)
+
+
+def test_a_run_without_evaluation_says_so(runs, tmp_path):
+    """Case 10: no eval split printed `eval_loss nan metric nan` and nothing else."""
+    task = write_task(tmp_path / "t")  # train.tsv only
+    res = cli(*train_args(task, tmp_path / "r", "--n-eval", 8))
+    assert res.exit_code == 0, res.output
+    assert "warning: task 't' has no dev or test split: the run records no eval loss or metric" in res.output
+    assert "no eval examples" in res.output and "nan" not in res.output
+
+
+def test_a_class_seen_only_outside_train_is_warned_about(tmp_path):
+    """Case 11: a class only in the test split gets an output and no training example."""
+    task = write_task(tmp_path / "t")
+    (task / "test.tsv").write_text("label\tsentence\n0\tgood\n2\tbad film\n")
+    res = cli("data", "inspect", task)
+    assert res.exit_code == 0, res.output
+    assert (f"warning: {task / 'test.tsv'}: class 2 ('2') has examples here but none in {task / 'train.tsv'}; the model "
+            "gets no training example for it") in res.output
+
+
+def test_more_label_words_than_classes_are_refused(tmp_path):
+    """Case 12: --label-words with more words than the task has classes."""
+    task = write_task(tmp_path / "t")
+    refused(cli("data", "inspect", task, "--label-words", "bad,good,meh"),
+            "3 label words ['bad', 'good', 'meh'] given but the labels only reach 1 (2 classes)", "num_labels=3")
+    assert cli("data", "inspect", task, "--label-words", "bad,good,meh", "--num-labels", 3).exit_code == 0
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--lam", 5], "lam=5.0 needs a pull toward θ0 to weigh, but reg is 'none'"),
+    (["--reg", "l2", "--lam", 1, "--reg-per-element"], "reg_per_element decides the selective pull per element"),
+    (["--predict-n", 8], "--predict-n sets the kernel sample of --predict"),
+    (["--lam", "nan", "--reg", "l2"], "--lam must be a finite number, got nan"),
+    (["--method-opt", "lora_alpha=inf"], "option lora_alpha='inf': expected a finite number"),
+])
+def test_an_option_that_needs_another_or_a_finite_value_says_so(runs, tmp_path, extra, expected):
+    """Case 13 and its class: an option given without the one it acts through, or a number no option can mean."""
+    out = tmp_path / "r"
+    refused(cli(*train_args(runs["task"], out, *extra)), expected)
+    assert not out.exists()
+
+
+def test_a_lora_rank_beyond_the_full_rank_is_warned_about(tmp_path):
+    """Case 14: lora(r=100000) on a ~1M-parameter model trained 6.4M parameters without a word."""
+    res = cli("plan", "--model", "tiny-llama", "--params", "lora(r=100000):q@0", "--n", 4)
+    assert res.exit_code == 0, res.output
+    assert "warning: LoRA rank r=100000 exceeds the full rank 32 of model.layers.0.self_attn.q_proj" in res.output
+
+
+@pytest.mark.parametrize("args, expected", [
+    (lambda r, o: ["taskvec", "add", r["full"], r["full"], "--alpha", "nan", "--out", o], "--alpha must be finite numbers"),
+    (lambda r, o: ["taskvec", "negate", r["full"], "--alpha", "inf", "--out", o], "--alpha must be a finite number, got inf"),
+    (lambda r, o: ["s2ft", "fuse", r["s2ft0"] / "adapter", r["s2ft0"] / "adapter", "--weights", "nan,1", "--out", o],
+     "--weights must be finite numbers, got nan"),
+    (lambda r, o: ["s2ft", "fuse", r["s2ft0"] / "adapter", r["s2ft_gpt2"] / "adapter", "--out", o],
+     "adapters 's2ft0' and 's2ft_gpt2' were made for different base models ('tiny-llama' and 'tiny-gpt2')"),
+])
+def test_combining_adapters_refuses_non_finite_factors_and_other_bases(runs, tmp_path, args, expected):
+    """Cases 15, 16: NaN/inf alphas and weights wrote adapters with NaN outputs; a tiny-llama and a tiny-gpt2
+    adapter were fused (both fingerprints kept)."""
+    out = tmp_path / "o"
+    refused(cli(*args(runs, out)), expected)
+    assert not out.exists()
+
+
+def test_the_library_refuses_non_finite_factors_too():
+    from tangentft.adapters.fuse import fuse
+    from tangentft.errors import TangentError
+    from tangentft.taskvec.ops import negate
+
+    with pytest.raises(TangentError, match="weight nan is not a finite number"):
+        fuse([object(), object()], [float("nan"), 1.0])
+    with pytest.raises(TangentError, match="positive finite number"):
+        negate("nowhere", alpha=float("inf"), out=Path("nowhere"))

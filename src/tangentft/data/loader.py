@@ -125,6 +125,17 @@ def _resolve_columns(
         elif canon in by_lower and canon not in remapped:
             mapping[canon] = by_lower[canon]
 
+    for actual in mapping.values():
+        copies = [i + 1 for i, name in enumerate(found) if name.strip().lower() == actual.strip().lower()]
+        if len(copies) > 1:
+            raise TangentError(f"{where}:{line}: column {actual!r} appears {len(copies)} times in the header (columns "
+                               f"{', '.join(map(str, copies))}); keep one, or rename the others")
+    taken = {columns[c].strip().lower(): c for c in columns}
+    for canon in FIELDS:
+        if canon not in mapping and canon in by_lower and canon in taken:
+            raise TangentError(f"{where}:{line}: column {by_lower[canon]!r} is mapped to '{taken[canon]}', so the task "
+                               f"has no '{canon}' column; map '{canon}' to a column too; columns found: {listing}")
+
     if expect is not None:
         target, pair = expect.target, expect.pair
         needed = [target] + (["sentence1", "sentence2"] if pair else ["sentence"])
@@ -420,6 +431,12 @@ def _build_spec(
                     f"task '{name}': {len(words)} label word(s) {words!r} given; "
                     "a classification task needs at least 2"
                 )
+            top = int(max(max(r.targets) for r in raws)) + 1
+            if num_labels is None and len(words) > top:
+                raise TangentError(
+                    f"task '{name}': {len(words)} label words {words!r} given but the labels only reach {top - 1} "
+                    f"({top} classes); give one word per class, or num_labels={len(words)} if the files lack a class"
+                )
         elif num_labels is not None:
             words = [f" {i}" for i in range(num_labels)]
         else:
@@ -522,6 +539,32 @@ def _check_labels(spec: TaskSpec, raws: list[_RawSplit]) -> None:
         )
 
 
+def _check_texts(raws: list[_RawSplit]) -> None:
+    """A split whose every sentence is blank has nothing for a model to read: refuse it, naming the file."""
+    for raw in raws:
+        columns = [raw.texts] + ([raw.pairs] if raw.pair else [])
+        if all(not t.strip() for texts in columns for t in texts):
+            which = "sentence1 and sentence2" if raw.pair else "sentence"
+            raise TangentError(f"{raw.where}: every {which} is empty ({len(raw.texts)} rows); the task has no text to learn from")
+
+
+def _check_train_classes(spec: TaskSpec, raws: list[_RawSplit]) -> None:
+    """Warn when a class has examples in an evaluation split but none in train: the model gets an output for it
+    and no example to learn it from, so every such evaluation example is an error it could not avoid."""
+    import warnings
+
+    train = next((r for r in raws if r.split == "train"), None)
+    if spec.kind != "classification" or train is None:
+        return
+    seen = {int(t) for t in train.targets}
+    for raw in raws:
+        missing = sorted({int(t) for t in raw.targets} - seen)
+        if raw is not train and missing:
+            names = ", ".join(f"{c} ({spec.label_words[c].strip()!r})" for c in missing)
+            warnings.warn(f"{raw.where}: class {names} has examples here but none in {train.where}; the model gets no "
+                          "training example for it", stacklevel=4)
+
+
 def _to_task(
     name: str,
     raws: list[_RawSplit],
@@ -537,6 +580,8 @@ def _to_task(
     spec = _build_spec(name, raws, builtin, template, label_words, num_labels)
     _check_labels(spec, raws)
     _check_range(spec, raws, builtin, score_range)
+    _check_texts(raws)
+    _check_train_classes(spec, raws)
     splits: dict[str, list[Example]] = {}
     for raw in raws:
         prefix = raw.uid_prefix

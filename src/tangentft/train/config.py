@@ -108,6 +108,11 @@ class TrainConfig:
              f"unknown stop_at '{self.stop_at}': the only rule is {', '.join(STOP_RULES)}"),
             (self.lam >= 0, f"λ must be ≥ 0, got lam={self.lam}"),
             (self.reg in REG_MODES, f"unknown reg '{self.reg}': choose from {', '.join(REG_MODES)}"),
+            # Options that act only through another one: given alone they would be recorded and do nothing.
+            (self.reg != "none" or not self.lam,
+             f"lam={self.lam} needs a pull toward θ0 to weigh, but reg is 'none': set reg to l2 or selective"),
+            (self.reg == "selective" or not self.reg_per_element,
+             f"reg_per_element decides the selective pull per element, but reg is '{self.reg}': set reg to selective"),
             (self.optimizer in OPTIMIZERS,
              f"unknown optimizer '{self.optimizer}': choose from {', '.join(OPTIMIZERS)}"),
             (self.weight_decay >= 0, f"weight decay must be ≥ 0, got weight_decay={self.weight_decay}"),

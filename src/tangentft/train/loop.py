@@ -83,6 +83,11 @@ class TrainData:
 def split_data(task, cfg: TrainConfig) -> TrainData:
     """Train/validation/eval/probe lists for ``cfg``: seeded samples, validation held out of train."""
     train, evals = run_examples(task, cfg.n_train, cfg.n_eval, cfg.seed)
+    if not evals and cfg.n_eval:  # n_eval 0 asks for no evaluation; a task without dev/test gets none unasked
+        import warnings
+
+        warnings.warn(f"task '{task.spec.name}' has no dev or test split: the run records no eval loss or metric "
+                      "(its final line says so)", stacklevel=2)
     val: list = []
     if cfg.early_stop or cfg.val_fraction:
         train, val = train_val_split(train, cfg.val_fraction or 0.1, seed=cfg.seed)
