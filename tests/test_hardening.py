@@ -615,3 +615,90 @@ def test_the_library_refuses_non_finite_factors_too():
         fuse([object(), object()], [float("nan"), 1.0])
     with pytest.raises(TangentError, match="positive finite number"):
         negate("nowhere", alpha=float("inf"), out=Path("nowhere"))
+
+
+# -- round two: clearer messages, what users see ----------------------------------------------------------------------
+def test_a_piped_run_prints_plain_progress_lines(runs, tmp_path, monkeypatch):
+    """A CI log (stderr not a terminal) showed no progress during a 13-minute analyze: plain lines now, at most one
+    per PLAIN_EVERY_S (0 here, so every update prints one)."""
+    import re
+
+    from tangentft.cli import common
+
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)
+    res = cli(*train_args(runs["task"], tmp_path / "r", "--method", "full", "--params", "q@0"))
+    assert res.exit_code == 0, res.output
+    plain = [line for line in res.output.splitlines() if re.fullmatch(r"full loss \S+: [12]/2, \d+ s elapsed", line)]
+    assert len(plain) == 2, res.output
+
+
+def test_train_predict_shows_the_kernel_and_why_it_costs_more(runs, tmp_path, monkeypatch):
+    """`train --predict` showed nothing during its SignGD kernel (120 s on MiniLM)."""
+    from tangentft.cli import common
+
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)
+    res = cli(*train_args(runs["task"], tmp_path / "r", "--n-eval", 4, "--predict", "--predict-n", 8))
+    assert res.exit_code == 0, res.output
+    assert "predicting the curve: kernel passes, SignGD kernel (AdamW; materializes every example's gradient): " \
+        in res.output, res.output
+
+
+def _fake_conversion(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x")
+    return folder
+
+
+def test_the_gguf_cache_is_keyed_by_content(tmp_path, monkeypatch):
+    """Each reinstall re-converted SmolLM2's GGUF (keyed by mtime) and added another 538 MB copy."""
+    from tangentft.models import gguf_cache
+
+    monkeypatch.setenv("TANGENTFT_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "site1" / "model.gguf"
+    first.parent.mkdir()
+    first.write_bytes(b"GGUF" + bytes(range(256)) * 40)
+    digest = gguf_cache.content_digest(first, tmp_path / "cache")
+    converted = _fake_conversion(tmp_path / "cache" / f"smollm2-{digest}")
+    assert gguf_cache.dequantized_folder(first, "smollm2") == converted
+    again = tmp_path / "site2" / "model.gguf"  # a reinstall: same bytes, new path and mtime
+    again.parent.mkdir()
+    again.write_bytes(first.read_bytes())
+    os.utime(again, (1, 1))
+    assert gguf_cache.dequantized_folder(again, "smollm2") == converted
+    st = first.stat()  # a cache made under the old key (name, size, mtime) is moved to the content key, not redone
+    shutil.rmtree(converted)
+    _fake_conversion(tmp_path / "cache" / f"smollm2-{st.st_size}-{int(st.st_mtime)}")
+    assert gguf_cache.dequantized_folder(first, "smollm2") == converted and (converted / "config.json").is_file()
+
+
+def test_a_cache_path_that_is_a_file_fails_before_converting(tmp_path, monkeypatch):
+    """TANGENTFT_CACHE pointing at a file: 51 s of conversion, then "File exists"."""
+    from tangentft.errors import TangentError
+    from tangentft.models import gguf_cache
+
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("TANGENTFT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(TangentError, match=f"TANGENTFT_CACHE={tmp_path / 'cache'} is a file, not a folder"):
+        gguf_cache.dequantized_folder(tmp_path / "no.gguf", "smollm2")
+
+
+def test_an_hf_dataset_offline_fails_fast(tmp_path, monkeypatch):
+    """`-t hf:NAME` offline: 39 s of retry noise before the one-line error."""
+    import time
+
+    pytest.importorskip("datasets")
+    from tangentft.data import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
+    refused(cli("data", "inspect", "hf:nobody/no-such-dataset"), "hf:nobody/no-such-dataset: the Hugging Face hub is "
+            "not reachable")
+    assert time.perf_counter() - start < 10
+
+
+def test_a_column_mapped_away_is_named(tmp_path):
+    """`--label-column sentence` said "missing column 'sentence' … found: 'label', 'sentence'"."""
+    task = write_task(tmp_path / "t")
+    refused(cli("data", "inspect", task, "--label-column", "sentence"),
+            "column 'sentence' is mapped to 'label', so the task has no 'sentence' column")

@@ -44,6 +44,29 @@ def progress(transient: bool = False, disable: bool = False) -> Progress:
     )
 
 
+PLAIN_EVERY_S = 60.0  # a CI log gets a line a minute, not one per step
+
+
+class PlainProgress:
+    """Progress for a stderr that is not a terminal (a CI log, a pipe), where a live bar shows nothing until it
+    ends: one plain line ``what: done/total, elapsed`` at most every :data:`PLAIN_EVERY_S` seconds."""
+
+    def __init__(self, disable: bool = False):
+        import time
+
+        self.disable, self.clock = disable, time.monotonic
+        self.start = self.last = self.clock()
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        now = self.clock()
+        if self.disable or now - self.last < PLAIN_EVERY_S:
+            return
+        self.last = now
+        of = f"/{total}" if total else ""
+        err_console.print(f"{escape(what)}: {done}{of}, {now - self.start:.0f} s elapsed", highlight=False,
+                          soft_wrap=True)
+
+
 @contextlib.contextmanager
 def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
     """Yield ``update(stage, done, total, description=None)``, one bar per stage. The bars appear at the first
@@ -51,6 +74,7 @@ def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
     them. ``disable`` for ranks other than 0."""
     bar = progress(disable=disable)
     tasks: dict[str, int] = {}
+    plain = PlainProgress(disable or err_console.is_terminal)
 
     def update(stage: str, done: int, total: int | None, description: str | None = None) -> None:
         if not tasks:
@@ -58,6 +82,7 @@ def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total)
         bar.update(tasks[stage], completed=done, total=total, **({"description": description} if description else {}))
+        plain(description or stage, done, total)
 
     try:
         yield update

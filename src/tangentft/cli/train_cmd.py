@@ -172,8 +172,18 @@ def train(
             if predict:
                 from ..predict.launch import train_with_prediction
 
+                # AdamW's curve comes from the SignGD kernel ⟨∇f(x), sign ∇f(x')⟩: the sign needs every example's
+                # gradient materialized (no Gram shortcut) and both triangles, so it costs several times the eNTK
+                # analyze computes for the same parameters.
+                kernel = ("SignGD kernel (AdamW; materializes every example's gradient)" if cfg.optimizer == "adamw"
+                          else "eNTK (SGD)")
+
+                def on_kernel(stage: str, done: int, total: int) -> None:
+                    loading.stop()
+                    update("predict", done, total, description=f"predicting the curve: {stage} passes, {kernel}")
+
                 summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
-                                                callback=on_step, n=predict_n)
+                                                callback=on_step, n=predict_n, progress=on_kernel)
             else:
                 summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
         finally:

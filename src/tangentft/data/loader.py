@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TangentError
+from .hub import offline_unless_reachable
 from .tasks import get_builtin_spec, spec_with_overrides, validate_label_words
 from .types import Example, TaskData, TaskSpec
 
@@ -632,7 +633,8 @@ def _load_hf(
         repo = _HF_ALIASES[alias]
     name = task_name or config or repo.rsplit("/", 1)[-1]
     try:
-        loaded = datasets.load_dataset(repo, config or None)
+        with offline_unless_reachable():
+            loaded = datasets.load_dataset(repo, config or None)
     except Exception as exc:  # network, auth and missing-config errors all arrive here
         first = (str(exc).strip().splitlines() or [""])[0]
         if _unreachable(exc):
