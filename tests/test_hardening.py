@@ -702,3 +702,16 @@ def test_a_column_mapped_away_is_named(tmp_path):
     task = write_task(tmp_path / "t")
     refused(cli("data", "inspect", task, "--label-column", "sentence"),
             "column 'sentence' is mapped to 'label', so the task has no 'sentence' column")
+
+
+@pytest.mark.parametrize("kind", ["loop", "folder"])
+def test_a_split_name_that_is_no_file_is_named(tmp_path, kind):
+    """A symlink loop or a folder named train.tsv read "no split file … found: test.tsv, train.tsv"."""
+    task = tmp_path / "t"
+    task.mkdir()
+    if kind == "loop":
+        (task / "train.tsv").symlink_to(task / "train.tsv")
+        refused(cli("data", "inspect", task), f"{task / 'train.tsv'}: a symbolic link that leads nowhere")
+    else:
+        (task / "train.tsv").mkdir()
+        refused(cli("data", "inspect", task), f"{task / 'train.tsv'} is a folder, not a split file")

@@ -352,6 +352,15 @@ def _split_files(folder: Path) -> dict[str, Path]:
             )
         found[key] = present[0]
     if not found:
+        # a split name that is there but is no readable file: say what it is instead of listing it as "found"
+        for split in SPLIT_NAMES:
+            for ext in FILE_EXTENSIONS:
+                path = folder / f"{split}{ext}"
+                if path.is_symlink() and not path.exists():
+                    raise TangentError(f"{path}: a symbolic link that leads nowhere (broken, or a loop); point it "
+                                       "at the split file")
+                if path.is_dir():
+                    raise TangentError(f"{path} is a folder, not a split file; the split file goes in its place")
         entries = sorted(p.name for p in folder.iterdir())
         listing = ", ".join(entries[:10]) + (", ..." if len(entries) > 10 else "") if entries else "nothing"
         raise TangentError(

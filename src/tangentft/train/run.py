@@ -112,7 +112,7 @@ def _held(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
             else:
                 check_fresh_out(out, overwrite)
             yield
-        except TangentError:
+        except Exception:
             if made and out.is_dir() and all(p.name == LOCK for p in out.iterdir()):
                 remove_dir(out)
             raise
