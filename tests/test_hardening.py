@@ -438,7 +438,7 @@ def test_resume_of_a_trained_run_without_its_checkpoint_refuses(runs, tmp_path):
     refused(cli("train", "--resume", run, "--max-steps", 6), "recorded 2 steps")
 
 
-@pytest.mark.parametrize("steps, more", [(2, 3), (2, 5)])
+@pytest.mark.parametrize("steps, more", [(2, 4)])
 def test_every_step_of_an_extended_run_changes_theta(runs, tmp_path, steps, more):
     """Case 3: the checkpoint's rate was the old schedule's 0 at its last step, so the first new step did nothing."""
     run = tmp_path / "r"
@@ -561,12 +561,16 @@ def test_a_class_seen_only_outside_train_is_warned_about(tmp_path):
             "gets no training example for it") in res.output
 
 
-def test_more_label_words_than_classes_are_refused(tmp_path):
-    """Case 12: --label-words with more words than the task has classes."""
+def test_more_label_words_than_classes_are_warned_about(tmp_path):
+    """Case 12: --label-words with more words than the task has classes (the words do declare the classes, as
+    load_task documents, so it is a warning; num_labels says the files lack a class on purpose)."""
     task = write_task(tmp_path / "t")
-    refused(cli("data", "inspect", task, "--label-words", "bad,good,meh"),
-            "3 label words ['bad', 'good', 'meh'] given but the labels only reach 1 (2 classes)", "num_labels=3")
-    assert cli("data", "inspect", task, "--label-words", "bad,good,meh", "--num-labels", 3).exit_code == 0
+    res = cli("data", "inspect", task, "--label-words", "bad,good,meh")
+    assert res.exit_code == 0, res.output
+    assert ("warning: task 't': 3 label words ['bad', 'good', 'meh'] given but the labels only reach 1: class 2 gets "
+            "an output and no example") in res.output
+    res = cli("data", "inspect", task, "--label-words", "bad,good,meh", "--num-labels", 3)
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
 
 
 @pytest.mark.parametrize("extra, expected", [

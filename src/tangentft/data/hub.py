@@ -53,9 +53,10 @@ def offline_unless_reachable() -> Iterator[bool]:
 
     targets = [constants]
     with contextlib.suppress(ImportError):
-        import datasets.config
+        import datasets
 
-        targets.append(datasets.config)
+        if hasattr(getattr(datasets, "config", None), "HF_HUB_OFFLINE"):
+            targets.append(datasets.config)
     saved = [t.HF_HUB_OFFLINE for t in targets]
     for t in targets:
         t.HF_HUB_OFFLINE = True

@@ -132,19 +132,19 @@ def _resolve_columns(
             raise TangentError(f"{where}:{line}: column {actual!r} appears {len(copies)} times in the header (columns "
                                f"{', '.join(map(str, copies))}); keep one, or rename the others")
     taken = {columns[c].strip().lower(): c for c in columns}
-    for canon in FIELDS:
-        if canon not in mapping and canon in by_lower and canon in taken:
-            raise TangentError(f"{where}:{line}: column {by_lower[canon]!r} is mapped to '{taken[canon]}', so the task "
-                               f"has no '{canon}' column; map '{canon}' to a column too; columns found: {listing}")
+
+    def missing(name: str, why: str) -> TangentError:
+        if name in by_lower and name in taken:  # the column is there, but the user's mapping gave it to another field
+            return TangentError(f"{where}:{line}: column {by_lower[name]!r} is mapped to '{taken[name]}', so the task "
+                                f"has no '{name}' column; map '{name}' to a column too; columns found: {listing}")
+        return TangentError(f"{where}:{line}: missing column '{name}'{why}; columns found: {listing}")
 
     if expect is not None:
         target, pair = expect.target, expect.pair
         needed = [target] + (["sentence1", "sentence2"] if pair else ["sentence"])
         for name in needed:
             if name not in mapping:
-                raise TangentError(
-                    f"{where}:{line}: missing column '{name}' ({expect.why}); columns found: {listing}"
-                )
+                raise missing(name, f" ({expect.why})")
         return target, pair, mapping
 
     if "label" in mapping:
@@ -152,24 +152,15 @@ def _resolve_columns(
     elif "score" in mapping:
         target = "score"
     else:
-        raise TangentError(
-            f"{where}:{line}: missing column 'label' (or 'score' for a regression task); "
-            f"columns found: {listing}"
-        )
+        raise missing("label", " (or 'score' for a regression task)")
     if "sentence" in mapping:
         return target, False, mapping
     if "sentence1" in mapping or "sentence2" in mapping:
         for name in ("sentence1", "sentence2"):
             if name not in mapping:
-                raise TangentError(
-                    f"{where}:{line}: missing column '{name}' (a sentence-pair task needs "
-                    f"sentence1 and sentence2); columns found: {listing}"
-                )
+                raise missing(name, " (a sentence-pair task needs sentence1 and sentence2)")
         return target, True, mapping
-    raise TangentError(
-        f"{where}:{line}: missing column 'sentence' (or 'sentence1' and 'sentence2'); "
-        f"columns found: {listing}"
-    )
+    raise missing("sentence", " (or 'sentence1' and 'sentence2')")
 
 
 def _read_text(path: Path) -> str:
@@ -443,10 +434,13 @@ def _build_spec(
                 )
             top = int(max(max(r.targets) for r in raws)) + 1
             if num_labels is None and len(words) > top:
-                raise TangentError(
-                    f"task '{name}': {len(words)} label words {words!r} given but the labels only reach {top - 1} "
-                    f"({top} classes); give one word per class, or num_labels={len(words)} if the files lack a class"
-                )
+                import warnings
+
+                warnings.warn(
+                    f"task '{name}': {len(words)} label words {words!r} given but the labels only reach {top - 1}: "
+                    f"class {top}{f'..{len(words) - 1}' if len(words) - 1 > top else ''} gets an output and no "
+                    "example; give one word per class, or "
+                    f"num_labels={len(words)} to say the files lack a class", stacklevel=4)
         elif num_labels is not None:
             words = [f" {i}" for i in range(num_labels)]
         else:
