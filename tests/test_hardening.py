@@ -489,7 +489,10 @@ def _full_disk(tmp_path: Path, size: str = "40k"):
 
     where = tmp_path / "full"
     where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    except OSError:  # no mount command here
+        return None
     return where if done.returncode == 0 else None
 
 
@@ -516,7 +519,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(runs, tmp_path, monkeypatch)
         refused(cli("train", "--resume", out), "not a tangentft train output folder")
     finally:
         if disk != tmp_path:
-            subprocess.run(["umount", str(disk)], check=True)
+            subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_a_method_refuses_a_dtype_it_cannot_train_before_writing_anything(runs, tmp_path):
