@@ -1,0 +1,142 @@
+"""Every OpenAI field is honoured or refused with 400 naming it; errors name the right ``param``; /metrics
+counts every status (issue #25: seed 2**70 was a 500, role/logprobs/echo were accepted silently)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+import torch
+
+from serve_helpers import BASE, LiveServer, make_adapter
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {"s2": make_adapter(root / "s2", "s2ft", 1), "lo": make_adapter(root / "lo", "lora", 2)}
+
+
+@pytest.fixture(scope="module")
+def server(adapters):
+    from tangentft.serve import build_app
+
+    torch.set_num_threads(1)
+    app, _engine = build_app(BASE, [("s2", str(adapters["s2"]))], batch_wait_ms=1, api_key="k")
+    with LiveServer(app) as srv:
+        yield srv
+
+
+def post(server, route: str, body, key: str = "k") -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server.url + route, content=content, timeout=60,
+                      headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+
+
+def refused(r: httpx.Response, param: str, status: int = 400) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param, err
+    return err
+
+
+CHAT = {"model": "s2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+COMPLETION = {"model": "s2", "prompt": "good movie", "max_tokens": 3, "temperature": 0}
+
+
+@pytest.mark.parametrize("seed", [2**70, -(2**70), 2**63])
+def test_seed_beyond_64_bits_is_400_not_500(server, seed):
+    refused(post(server, "/v1/completions", {**COMPLETION, "seed": seed}), "seed")
+    assert post(server, "/v1/completions", {**COMPLETION, "seed": 2**63 - 1}).status_code == 200
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", 5), ("logprobs", 0), ("logprobs", True), ("presence_penalty", 0.5), ("logit_bias", {"5": 10}),
+    ("best_of", 3), ("suffix", "end"), ("frequency_penalty", -1), ("no_such_field", 1),
+])
+def test_completion_fields_not_honoured_are_400_naming_them(server, field, value):
+    err = refused(post(server, "/v1/completions", {**COMPLETION, field: value}), field)
+    assert err["code"] == "unsupported_field" and field in err["message"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("response_format", {"type": "json_object"}), ("echo", True), ("n", 2),
+])
+def test_chat_fields_not_honoured_are_400_naming_them(server, field, value):
+    refused(post(server, "/v1/chat/completions", {**CHAT, field: value}), field)
+
+
+def test_neutral_values_of_unimplemented_fields_are_accepted(server):
+    neutral = {"logprobs": None, "presence_penalty": 0.0, "frequency_penalty": 0, "logit_bias": {}, "best_of": 1,
+               "user": "someone", "echo": False}
+    assert post(server, "/v1/completions", {**COMPLETION, **neutral}).status_code == 200
+    chat = {"logprobs": False, "top_logprobs": 0, "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+            "store": False, "parallel_tool_calls": True}
+    assert post(server, "/v1/chat/completions", {**CHAT, **chat}).status_code == 200
+
+
+def test_chat_roles_and_parts_are_checked(server):
+    for role in ("wizard", "tool", "function"):
+        refused(post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": role, "content": "x"}]}),
+                "messages.0.role")
+    image = [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "http://x"}}]
+    refused(post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": image}]}),
+            "messages.0.content.1")
+    refused(post(server, "/v1/chat/completions",
+                 {**CHAT, "messages": [{"role": "user", "content": "x", "name": "bob"}]}), "messages.0.name")
+    for role in ("system", "developer", "user", "assistant"):
+        r = post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": role, "content": "x"}]})
+        assert r.status_code == 200, r.text
+
+
+def test_echo_puts_the_prompt_before_the_completion(server):
+    plain = post(server, "/v1/completions", COMPLETION).json()["choices"][0]["text"]
+    echoed = post(server, "/v1/completions", {**COMPLETION, "echo": True}).json()
+    assert echoed["choices"][0]["text"] == "good movie" + plain
+    assert echoed["usage"]["completion_tokens"] == 3
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0, timeout=60)
+    chunks = client.completions.create(stream=True, echo=True, **COMPLETION)
+    assert "".join(c.choices[0].text for c in chunks) == "good movie" + plain
+
+
+def test_numbers_and_options_out_of_range(server):
+    for body in (b'{"model": "s2", "prompt": "x", "temperature": NaN}', b'{"model": "s2", "prompt": "x", "top_p": Infinity}'):
+        assert post(server, "/v1/completions", body).status_code == 400
+    refused(post(server, "/v1/completions", {**COMPLETION, "max_tokens": 2**70}), "max_tokens")
+    refused(post(server, "/v1/chat/completions", {**CHAT, "max_completion_tokens": 0}), "max_completion_tokens")
+    refused(post(server, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "good " * 400}]}),
+            "messages")
+    refused(post(server, "/v1/completions", {**COMPLETION, "stream_options": {"include_usage": True}}), "stream_options")
+    refused(post(server, "/v1/completions", {**COMPLETION, "stream": True, "stream_options": {"x": 1}}),
+            "stream_options.x")
+    refused(post(server, "/v1/classify", {"model": "s2", "input": ["x"], "task": "nope"}), "task")
+    refused(post(server, "/v1/classify", {"model": "s2", "input": ["x"], "extra": 1}), "extra")
+
+
+def test_adapter_errors_name_their_field(server, adapters):
+    refused(post(server, "/v1/adapters", {"name": "a/b", "path": str(adapters["lo"])}), "name")
+    refused(post(server, "/v1/adapters", {"name": "", "path": str(adapters["lo"])}), "name")
+    refused(post(server, "/v1/adapters", {"name": BASE, "path": str(adapters["lo"])}), "name")
+    refused(post(server, "/v1/adapters", {"name": "s2", "path": str(adapters["lo"])}), "name", 409)
+    refused(post(server, "/v1/adapters", {"name": "new", "path": "/no/such/folder"}), "path")
+    r = httpx.delete(server.url + "/v1/adapters/ghost", headers={"authorization": "Bearer k"}, timeout=30)
+    refused(r, "name", 404)
+    refused(post(server, "/v1/completions", {**COMPLETION, "model": "ghost"}), "model", 404)
+
+
+def test_metrics_count_every_status(server):
+    post(server, "/v1/completions", {**COMPLETION, "seed": 2**70})
+    post(server, "/v1/completions", {**COMPLETION, "model": "ghost"})
+    post(server, "/v1/completions", COMPLETION, key="wrong")
+    post(server, "/v1/completions", COMPLETION)
+    httpx.get(server.url + "/v1/nowhere", headers={"authorization": "Bearer k"})
+    text = httpx.get(server.url + "/metrics", headers={"authorization": "Bearer k"}).text
+    counts = {line.split("{")[1].split("}")[0]: int(line.split()[-1])
+              for line in text.splitlines() if line.startswith("tangentft_requests_total{")}
+    for labels in ('endpoint="completions",model="s2",status="400"', 'endpoint="completions",model="ghost",status="404"',
+                   'endpoint="completions",model="",status="401"', 'endpoint="completions",model="s2",status="200"',
+                   'endpoint="unrouted",model="",status="404"'):
+        assert counts.get(labels, 0) >= 1, (labels, counts)
