@@ -140,3 +140,19 @@ def test_metrics_count_every_status(server):
                    'endpoint="completions",model="",status="401"', 'endpoint="completions",model="s2",status="200"',
                    'endpoint="unrouted",model="",status="404"'):
         assert counts.get(labels, 0) >= 1, (labels, counts)
+
+
+def test_oversized_bodies_are_413_and_the_server_goes_on(server):
+    big = json.dumps({**COMPLETION, "prompt": "x" * (2 << 20)}).encode()
+    r = post(server, "/v1/completions", big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: counted as it is read
+        for _ in range(3):
+            yield b" " * (1 << 19)
+        yield json.dumps(COMPLETION).encode()
+
+    r = httpx.post(server.url + "/v1/completions", content=chunks(), timeout=60,
+                   headers={"content-type": "application/json", "authorization": "Bearer k"})
+    assert r.status_code == 413, r.text
+    assert post(server, "/v1/completions", COMPLETION).status_code == 200

@@ -16,6 +16,7 @@ from .metrics import Metrics
 from .scheduler import Scheduler
 
 OPEN_PATHS = {"/health"}  # answered without the API key
+MAX_BODY_BYTES = 1 << 20  # a full 8k-token context is ~40 kB of JSON; far larger bodies are refused unread
 
 
 def create_app(engine: Engine, *, api_key: str | None = None, max_batch: int = 16, max_queue: int = 64,
@@ -38,6 +39,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_batch: int = 1
     add_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(native_routes.router)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     if api_key:
         app.add_middleware(APIKey, key=api_key)
     # added last: outermost, so it counts the 401s too
@@ -57,6 +59,41 @@ class APIKey:
                 response = APIError(401, "missing or wrong API key (Authorization: Bearer …)", code="invalid_api_key").response()
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, by its Content-Length or, without one, as it
+    arrives (the body is read here, then handed on whole: bodies are small)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = APIError(413, f"request body larger than {self.limit} bytes", code="request_too_large").response()
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await too_large(scope, receive, send)
+        body, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if sum(map(len, body)) > self.limit:
+                return await too_large(scope, receive, send)
+        whole = {"type": "http.request", "body": b"".join(body), "more_body": False}
+
+        async def replay():
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()  # after the body: waits for the disconnect, as streaming responses need
+
+        await self.app(scope, replay, send)
 
 
 class CountAnswers:
