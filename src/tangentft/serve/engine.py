@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -93,7 +94,11 @@ class Engine:
         self.loaded = loaded
         self.name = loaded.name
         self.hf: nn.Module = loaded.model.eval()
-        self.tokenizer = loaded.tokenizer
+        self.tokenizer = loaded.tokenizer  # for the HTTP thread only
+        # a fast tokenizer is one Rust object whose padding/truncation state every call sets: two threads
+        # sharing it garble each other's batches (seen under load), so the worker thread has its own copy
+        self.worker_tokenizer = copy.deepcopy(loaded.tokenizer)
+        self._worker_loaded = replace(loaded, tokenizer=self.worker_tokenizer)
         self.fingerprint = base_weights_fingerprint(self.hf)
         self.sparse = MultiAdapter(self.hf)
         self.peft = None  # the PeftModel holding LoRA adapters, created with the first one
@@ -267,7 +272,7 @@ class Engine:
             raise TangentError(f"model '{name}' has no task (no training run config.json beside it): pass 'task'")
         if spec.is_pair:
             raise TangentError(f"task '{spec.name}' takes sentence pairs; /v1/classify takes single texts")
-        tm = TaskModel(self.loaded, spec)
+        tm = TaskModel(self._worker_loaded, spec)
         examples = [Example(t, 0) for t in texts]
         enc = tm.encode(examples)
         with self.routing([label] * len(texts)):

@@ -72,7 +72,7 @@ class Scheduler:
     def __init__(self, engine: Engine, max_batch: int = 16, max_queue: int = 64, batch_wait_ms: float = 5.0,
                  on_step: Callable[[int, int, float], None] | None = None):
         self.engine = engine
-        self.tokenizer = engine.tokenizer
+        self.tokenizer = engine.worker_tokenizer
         self.max_batch, self.max_queue, self.batch_wait = max_batch, max_queue, batch_wait_ms / 1000.0
         self.on_step = on_step  # (rows, new tokens, seconds) after every forward, for metrics
         self._waiting: collections.deque[Generation] = collections.deque()
