@@ -34,6 +34,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,6 +389,7 @@ def main() -> None:
     }
     result["machine"] = (f"CPU, shared 2-core machine, server and load generator on it together, 1 torch thread; "
                          f"load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+    shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     partial.write_text(json.dumps(result, indent=1) + "\n")
