@@ -63,6 +63,7 @@ def record(kind: str, status: int, started: float, **extra) -> None:
 
 
 def headers(key: str = KEY) -> dict:
+    """JSON request headers with the API key ``key``."""
     return {"authorization": f"Bearer {key}", "content-type": "application/json"}
 
 
@@ -185,6 +186,7 @@ def _judge(r, status: int, expect: tuple) -> None:
 
 # -- the server process ------------------------------------------------------------------------------------
 def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -199,6 +201,7 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(args, specs: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``tangentft serve`` with the adapters ``specs`` (output to ``log``); the process and its URL once /health answers."""
     port = free_port()
     cmd = [sys.executable, "-m", "tangentft", "serve", "--model", args.model, "--port", str(port), "--api-key", KEY,
            "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue), "--batch-wait-ms", "5"]
@@ -224,6 +227,7 @@ def start_server(args, specs: list[str], log: Path) -> tuple[subprocess.Popen, s
 
 
 def metric(url: str, name: str) -> float:
+    """One unlabelled value from the server's /metrics."""
     text = requests.get(url + "/metrics", headers=headers(), timeout=10).text
     return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), float("nan"))
 
@@ -255,6 +259,7 @@ def run_level(url: str, users: int, seconds: float, label: str) -> dict:
 
 
 def summarize(label: str, info: dict) -> dict:
+    """A level's figures: statuses per request kind, 5xx, 429, latency percentiles, generated tokens/s."""
     recs = [r for r in STATE["records"] if r["level"] == label]
     statuses = collections.Counter(f"{r['kind']} {r['status']}" for r in recs)
     latency = {}

@@ -18,6 +18,7 @@ router = APIRouter()
 
 @router.post("/v1/classify")
 async def classify(body: ClassifyRequest, request: Request):
+    """Label-word scores f(x) ∈ R^K of the task model under the adapter, and the predicted label, per input."""
     request.state.model = body.model
     engine, scheduler = request.app.state.engine, request.app.state.scheduler
     label = label_of(request, body.model)
@@ -45,12 +46,14 @@ async def classify(body: ClassifyRequest, request: Request):
 
 @router.get("/v1/adapters")
 async def adapters(request: Request):
+    """Every registered adapter, and whether it is resident now."""
     engine = request.app.state.engine
     return {"object": "list", "data": [adapter_json(a, a.name in engine.resident) for a in engine.adapters.values()]}
 
 
 @router.post("/v1/adapters")
 async def load_adapter(body: AdapterRequest, request: Request):
+    """Register the adapter folder ``path`` as ``name`` (read and checked now, on the worker thread)."""
     engine, scheduler = request.app.state.engine, request.app.state.scheduler
     try:
         engine.check_name(body.name)
@@ -72,6 +75,7 @@ async def load_adapter(body: AdapterRequest, request: Request):
 
 @router.delete("/v1/adapters/{name}")
 async def unload_adapter(name: str, request: Request):
+    """Stop serving adapter ``name`` once no running or waiting request uses it."""
     engine, scheduler = request.app.state.engine, request.app.state.scheduler
     if name not in engine.adapters or scheduler.draining(name):
         raise not_found("adapter", name, "name")
@@ -81,6 +85,7 @@ async def unload_adapter(name: str, request: Request):
 
 @router.get("/health")
 async def health(request: Request):
+    """Liveness, the models served, running rows and queue depth (no API key needed)."""
     engine, scheduler = request.app.state.engine, request.app.state.scheduler
     return {"status": "ok", "model": engine.name, "adapters": list(engine.adapters), "resident": list(engine.resident),
             "running": scheduler.running_rows, "queued": scheduler.queue_depth}
@@ -88,6 +93,7 @@ async def health(request: Request):
 
 @router.get("/metrics")
 async def metrics(request: Request):
+    """The counters in Prometheus' text format."""
     state = request.app.state
     return PlainTextResponse(state.metrics.render(state.scheduler.queue_depth, state.scheduler.running_rows, state.engine),
                              media_type="text/plain; version=0.0.4")

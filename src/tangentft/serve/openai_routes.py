@@ -22,6 +22,7 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def models(request: Request):
+    """OpenAI's model list: the base, then every registered adapter."""
     engine, created = request.app.state.engine, int(request.app.state.metrics.started)
     data = [{"id": engine.name, "object": "model", "created": created, "owned_by": "tangentft", "kind": "base"}]
     data += [{"id": a.name, "object": "model", "created": created, "owned_by": "tangentft", "kind": a.kind,
@@ -31,6 +32,7 @@ async def models(request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
+    """OpenAI's text completion of one prompt under the named adapter (or the base)."""
     request.state.model = body.model
     check_fields(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -44,6 +46,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 @router.post("/v1/chat/completions")
 async def chat(body: ChatRequest, request: Request):
+    """OpenAI's chat completion: the messages through the chat template, then one generation."""
     request.state.model = body.model
     check_fields(body)
     tok = request.app.state.engine.tokenizer
