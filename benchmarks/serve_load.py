@@ -255,7 +255,20 @@ def run_level(url: str, users: int, seconds: float, label: str) -> dict:
     runner.stop()
     runner.quit()
     sampler.kill()
-    return {"users": users, "seconds": time.perf_counter() - started, "max_queue_depth": max(depths, default=0.0)}
+    seconds = time.perf_counter() - started
+    return {"users": users, "seconds": seconds, "max_queue_depth": max(depths, default=0.0), "drain_s": drain(url)}
+
+
+def drain(url: str, limit: float = 300.0) -> float:
+    """Wait until the server has no running or queued request (what the stopped users left behind), so each
+    level starts from an idle server; the seconds it took."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        health = requests.get(url + "/health", timeout=10).json()
+        if health["running"] == 0 and health["queued"] == 0:
+            break
+        gevent.sleep(0.5)
+    return time.perf_counter() - t0
 
 
 def summarize(label: str, info: dict) -> dict:
@@ -275,8 +288,9 @@ def summarize(label: str, info: dict) -> dict:
             "completion_tokens": tokens, "tokens_per_s": tokens / info["seconds"]}
 
 
-def replay(url: str, n: int, seed: int) -> dict:
-    """Send ``n`` distinct greedy requests answered under load again, one at a time; count differing texts."""
+def replay(url: str, n: int, seed: int, limit_s: float) -> dict:
+    """Send ``n`` distinct greedy requests answered under load again, one at a time, for at most ``limit_s``
+    seconds; count differing texts."""
     answered = {}
     for r in STATE["records"]:
         if r.get("request") and r["status"] == 200 and r["text"] is not None and r["level"] != "warmup":
@@ -284,8 +298,11 @@ def replay(url: str, n: int, seed: int) -> dict:
     keys = sorted(answered)
     random.Random(seed).shuffle(keys)
     keys = [k for k in keys if json.loads(k)["model"] != (STATE["churn"] or [""])[0]][:n]
-    mismatches = []
+    mismatches, t0, checked = [], time.perf_counter(), []
     for k in keys:
+        if time.perf_counter() - t0 > limit_s:
+            break
+        checked.append(k)
         req = json.loads(k)
         body = {"model": req["model"], "max_tokens": req["max_tokens"], "temperature": 0}
         if req.get("chat"):
@@ -299,7 +316,8 @@ def replay(url: str, n: int, seed: int) -> dict:
         for under_load in answered[k]:
             if under_load != text:
                 mismatches.append({"request": req, "alone": text, "under_load": under_load})
-    return {"checked_requests": len(keys), "checked_answers": sum(len(answered[k]) for k in keys),
+    return {"checked_requests": len(checked), "checked_answers": sum(len(answered[k]) for k in checked),
+            "distinct_greedy_answered": len(answered), "seconds": time.perf_counter() - t0,
             "mismatches": len(mismatches), "examples": mismatches[:5]}
 
 
@@ -338,11 +356,12 @@ def sigterm(proc: subprocess.Popen, url: str, streams: int, timeout: float) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--quick", action="store_true", help="tiny-llama, 4 s per level, 40 replayed requests (< 60 s)")
+    ap.add_argument("--quick", action="store_true", help="tiny-llama, 4 s per level, 20 replayed requests (< 60 s)")
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="user counts, comma-separated")
     ap.add_argument("--duration", type=float, default=300.0, help="seconds per level")
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds at the largest level before the first RSS")
     ap.add_argument("--sample", type=int, default=200, help="distinct greedy requests replayed alone")
+    ap.add_argument("--replay-limit", type=float, default=1200.0, help="seconds the replay may take at most")
     ap.add_argument("--adapter", action="append", default=[], help="NAME=PATH (else --s2ft/--lora random ones)")
     ap.add_argument("--s2ft", type=int, default=3)
     ap.add_argument("--lora", type=int, default=2)
@@ -353,7 +372,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = ap.parse_args()
     if args.quick:
-        args.model, args.duration, args.warmup, args.sample = "tiny-llama", 4.0, 3.0, 40
+        args.model, args.duration, args.warmup, args.sample = "tiny-llama", 4.0, 3.0, 20
     levels = [int(x) for x in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tangentft-serve-load-"))
     load_start = os.getloadavg()
@@ -380,7 +399,7 @@ def main() -> None:
                   f"429 {lv['429']}, max queue {lv['max_queue_depth']:.0f}", flush=True)
         gevent.sleep(2.0)
         rss_soak = rss_mb(proc.pid)
-        result["greedy_alone"] = replay(url, args.sample, 0)
+        result["greedy_alone"] = replay(url, args.sample, 0, args.replay_limit)
     finally:
         result["sigterm"] = sigterm(proc, url, 4, 60.0) if proc.poll() is None else {"clean": False, "exit_code": proc.returncode}
     all_levels = list(result["levels"].values())
@@ -388,6 +407,7 @@ def main() -> None:
     result["pass"] = {
         "no_5xx": all(lv["5xx"] == 0 and lv["no_answer"] == 0 for lv in all_levels),
         "greedy_equal_alone": result["greedy_alone"]["mismatches"] == 0,
+        "greedy_sample_at_least_requested": result["greedy_alone"]["checked_requests"] >= args.sample,
         "rss_within_5pct": abs(result["rss_mb"]["growth"]) <= 0.05,
         "queue_bounded": all(lv["max_queue_depth"] <= args.max_queue for lv in all_levels),
         "clean_sigterm": result["sigterm"]["clean"],

@@ -128,7 +128,7 @@ def test_adapter_errors_name_their_field(server, adapters):
 
 
 def test_metrics_count_every_status(server):
-    post(server, "/v1/completions", {**COMPLETION, "seed": 2**70})
+    post(server, "/v1/completions", {**COMPLETION, "logprobs": 5})
     post(server, "/v1/completions", {**COMPLETION, "model": "ghost"})
     post(server, "/v1/completions", COMPLETION, key="wrong")
     post(server, "/v1/completions", COMPLETION)
@@ -156,3 +156,18 @@ def test_oversized_bodies_are_413_and_the_server_goes_on(server):
                    headers={"content-type": "application/json", "authorization": "Bearer k"})
     assert r.status_code == 413, r.text
     assert post(server, "/v1/completions", COMPLETION).status_code == 200
+
+
+def test_a_client_gone_before_the_answer_leaves_the_batch(server):
+    import time
+
+    with pytest.raises(httpx.ReadTimeout):
+        post_body = json.dumps({**COMPLETION, "max_tokens": 200}).encode()
+        httpx.post(server.url + "/v1/completions", content=post_body, timeout=0.6,
+                   headers={"content-type": "application/json", "authorization": "Bearer k"})
+    deadline = time.time() + 4  # 200 tokens take longer: the row must leave when its client does
+    while httpx.get(server.url + "/health").json()["running"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(server.url + "/health").json()["running"] == 0
+    text = httpx.get(server.url + "/metrics", headers={"authorization": "Bearer k"}).text
+    assert 'endpoint="completions",model="s2",status="499"' in text, [x for x in text.splitlines() if "requests_total" in x]

@@ -24,10 +24,10 @@ def test_quick_load_soak_and_faults(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["pass"] == {"no_5xx": True, "greedy_equal_alone": True, "rss_within_5pct": True,
-                              "queue_bounded": True, "clean_sigterm": True}, json.dumps(result, indent=1)[:3000]
+    assert result["pass"] == {"no_5xx": True, "greedy_equal_alone": True, "greedy_sample_at_least_requested": True,
+                              "rss_within_5pct": True, "queue_bounded": True, "clean_sigterm": True}, \
+        json.dumps(result, indent=1)[:3000]
     statuses = {k: n for lv in result["levels"].values() for k, n in lv["statuses"].items()}
     assert statuses.get("completion 200") and statuses.get("chat_stream 200") and statuses.get("classify 200")
     assert result["levels"]["128"]["429"] > 0, "128 users never filled the queue of 32"
-    assert result["greedy_alone"]["checked_requests"] >= 20
     assert result["sigterm"]["hung"] == 0 and result["sigterm"]["finished"] + result["sigterm"]["errored"] == 4

@@ -9,13 +9,15 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from .bodies import ChatMessage, ChatRequest, CompletionRequest, check_fields
 from .http_errors import APIError, error_body, not_found
 from .scheduler import Generation, QueueFull
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
+DISCONNECT_POLL_S = 0.5
+CLIENT_GONE = 499  # nginx's "client closed request": counted in /metrics, never sent
 
 router = APIRouter()
 
@@ -146,7 +148,10 @@ async def generate(request: Request, body, prompt_ids: list[int], limit: tuple, 
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         while True:
-            kind, payload = await events.get()
+            event = await _next_event(events, request)
+            if event is None:  # the client went away before the answer: nobody to answer
+                return Response(status_code=CLIENT_GONE)
+            kind, payload = event
             if kind == "done":
                 break
             if kind == "error":
@@ -154,6 +159,19 @@ async def generate(request: Request, body, prompt_ids: list[int], limit: tuple, 
     finally:
         finished()
     return shape.full(rid, created, body.model, gen.text, gen.finish_reason, usage(gen))
+
+
+async def _next_event(events: asyncio.Queue, request: Request):
+    """The generation's next event, or None once the client has disconnected (checked every
+    DISCONNECT_POLL_S while waiting, so an abandoned request leaves the queue or batch instead of being served)."""
+    getter = asyncio.ensure_future(events.get())
+    while True:
+        done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return getter.result()
+        if await request.is_disconnected():
+            getter.cancel()
+            return None
 
 
 async def _events(gen: Generation, events: asyncio.Queue, shape, ident: tuple, include_usage: bool, metrics, finished):
