@@ -147,31 +147,35 @@ async def generate(request: Request, body, prompt_ids: list[int], limit: tuple, 
                                          metrics, finished),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        while True:
-            event = await _next_event(events, request)
-            if event is None:  # the client went away before the answer: nobody to answer
-                return Response(status_code=CLIENT_GONE)
-            kind, payload = event
-            if kind == "done":
-                break
-            if kind == "error":
-                raise APIError(500, str(payload), "server_error")
+        event = await _outcome(events, request)
+        if event is None:  # the client went away before the answer: nobody to answer
+            return Response(status_code=CLIENT_GONE)
+        if event[0] == "error":
+            raise APIError(500, str(event[1]), "server_error")
     finally:
         finished()
     return shape.full(rid, created, body.model, gen.text, gen.finish_reason, usage(gen))
 
 
-async def _next_event(events: asyncio.Queue, request: Request):
-    """The generation's next event, or None once the client has disconnected (checked every
-    DISCONNECT_POLL_S while waiting, so an abandoned request leaves the queue or batch instead of being served)."""
+async def _outcome(events: asyncio.Queue, request: Request):
+    """The generation's last event (``done`` or ``error``; text pieces are skipped, the answer is whole), or
+    None once the client has disconnected — checked every DISCONNECT_POLL_S, so an abandoned request leaves
+    the queue or batch instead of being served to nobody."""
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
     getter = asyncio.ensure_future(events.get())
     while True:
         done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
         if done:
-            return getter.result()
-        if await request.is_disconnected():
-            getter.cancel()
-            return None
+            event = getter.result()
+            if event[0] != "text":
+                return event
+            getter = asyncio.ensure_future(events.get())
+        if loop.time() - checked >= DISCONNECT_POLL_S:
+            checked = loop.time()
+            if await request.is_disconnected():
+                getter.cancel()
+                return None
 
 
 async def _events(gen: Generation, events: asyncio.Queue, shape, ident: tuple, include_usage: bool, metrics, finished):
