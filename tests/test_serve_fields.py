@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serve_helpers import BASE, LiveServer, make_adapter
 
@@ -171,3 +173,30 @@ def test_a_client_gone_before_the_answer_leaves_the_batch(server):
     assert httpx.get(server.url + "/health").json()["running"] == 0
     text = httpx.get(server.url + "/metrics", headers={"authorization": "Bearer k"}).text
     assert 'endpoint="completions",model="s2",status="499"' in text, [x for x in text.splitlines() if "requests_total" in x]
+
+
+# -- fuzz: any mix of known, unhonoured and unknown fields with odd values is 200 or a 4xx, never a 5xx ----------
+ODD = st.one_of(st.none(), st.booleans(), st.integers(-(2**80), 2**80), st.floats(allow_nan=True, allow_infinity=True),
+                st.text(max_size=8), st.lists(st.integers(0, 5), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+SMALL_OR_BAD = st.one_of(st.integers(1, 3), st.sampled_from([0, -1, 2**70, 1.5, "2", True, [], "x"]))
+FIELDS = ["temperature", "top_p", "seed", "stop", "stream", "stream_options", "n", "user", "echo", "logprobs",
+          "top_logprobs", "presence_penalty", "logit_bias", "best_of", "suffix", "tools", "response_format", "model",
+          "prompt", "messages", "surprise"]
+
+
+@given(route=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+       odd=st.dictionaries(st.sampled_from(FIELDS), ODD, max_size=4), max_tokens=SMALL_OR_BAD,
+       role=st.sampled_from(["user", "system", "wizard", "tool", 5]))
+@settings(max_examples=25)  # each a live request; `--hypothesis-profile=long` runs more
+def test_fuzzed_bodies_are_answered_200_or_4xx(server, route, odd, max_tokens, role):
+    limit = "max_tokens" if route == "/v1/completions" else "max_completion_tokens"
+    body = ({"model": "s2", "prompt": "good movie"} if route == "/v1/completions"
+            else {"model": "s2", "messages": [{"role": role, "content": "hi"}]}) | {limit: max_tokens} | odd
+    if body.get("stream") is True:
+        body["stream"] = False  # a stream is judged by its events; the status is what this fuzz checks
+    r = post(server, route, json.dumps(body, allow_nan=True).encode())
+    assert r.status_code in (200, 400, 404), (body, r.status_code, r.text)
+    if "surprise" in odd or (odd.get("logprobs") not in (None, False) and "logprobs" in odd):
+        assert r.status_code == 400, (body, r.text)  # never answered as if the field had been honoured
+    if r.status_code != 200:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
