@@ -30,6 +30,8 @@ async def classify(body: ClassifyRequest, request: Request):
             scheduler.call(lambda: engine.classify(body.model, texts, body.task), needs=label))
     except TangentError as exc:  # every refusal of classify is about the task it would score
         raise APIError(400, exc.message, param="task") from None
+    except KeyError:  # unloaded while this call waited for the worker
+        raise not_found("model", body.model, "model", engine.model_names()) from None
     words = [w.strip() for w in spec.label_words]
     data = []
     for i, row in enumerate(scores.tolist()):
