@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import cProfile
 import dataclasses
-import io
 import json
-import pstats
 import shutil
 import statistics
 import sys
