@@ -12,6 +12,7 @@ from .bodies import AdapterRequest, ClassifyRequest
 from .engine import AdapterConflict
 from .http_errors import APIError, not_found
 from .openai_routes import label_of
+from .scheduler import QueueFull
 
 router = APIRouter()
 
@@ -26,8 +27,7 @@ async def classify(body: ClassifyRequest, request: Request):
     if not texts or any(not t for t in texts):
         raise APIError(400, "input: give one or more non-empty strings", param="input")
     try:
-        spec, scores = await asyncio.wrap_future(
-            scheduler.call(lambda: engine.classify(body.model, texts, body.task), needs=label))
+        spec, scores = await on_worker(scheduler, lambda: engine.classify(body.model, texts, body.task), needs=label)
     except TangentError as exc:  # every refusal of classify is about the task it would score
         raise APIError(400, exc.message, param="task") from None
     except KeyError:  # unloaded while this call waited for the worker
@@ -66,7 +66,7 @@ async def load_adapter(body: AdapterRequest, request: Request):
     except TangentError as exc:
         raise APIError(400, exc.message, param="name") from None
     try:
-        info = await asyncio.wrap_future(scheduler.call(lambda: engine.load(body.name, body.path, scheduler.busy())))
+        info = await on_worker(scheduler, lambda: engine.load(body.name, body.path, scheduler.busy()))
     except AdapterConflict as exc:
         param = "name" if body.name in engine.adapters else "path"  # lost a race for the name, or another base
         raise APIError(409, exc.message, param=param, code="adapter_conflict") from None
@@ -99,6 +99,15 @@ async def metrics(request: Request):
     state = request.app.state
     return PlainTextResponse(state.metrics.render(state.scheduler.queue_depth, state.scheduler.running_rows, state.engine),
                              media_type="text/plain; version=0.0.4")
+
+
+async def on_worker(scheduler, fn, needs: str | None = None):
+    """``fn()`` run on the scheduler's thread between steps; 429 when too many calls wait already."""
+    try:
+        future = scheduler.call(fn, needs=needs)
+    except QueueFull as exc:
+        raise APIError(429, f"server busy: {exc}; retry later", "rate_limit_error", code="rate_limit_exceeded") from None
+    return await asyncio.wrap_future(future)
 
 
 def adapter_json(a, resident: bool) -> dict:
