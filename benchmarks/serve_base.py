@@ -166,6 +166,7 @@ def main() -> None:
         result["profile"] = {"generate": profile(run["generate"]),
                              **{m: split_scheduler(engines[m], batches[m], args.new) for m in ("base_only", "s2ft_mixed_8")}}
         result.pop("profile_top_tottime", None)
+        shutil.rmtree(tmp, ignore_errors=True)
         write_json(args.out, result)
         print(json.dumps(result["profile"], indent=1))
         return
