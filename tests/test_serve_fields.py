@@ -161,13 +161,19 @@ def test_oversized_bodies_are_413_and_the_server_goes_on(server):
 
 
 def test_a_client_gone_before_the_answer_leaves_the_batch(server):
+    import threading
     import time
 
-    with pytest.raises(httpx.ReadTimeout):
-        post_body = json.dumps({**COMPLETION, "max_tokens": 200}).encode()
-        httpx.post(server.url + "/v1/completions", content=post_body, timeout=0.6,
-                   headers={"content-type": "application/json", "authorization": "Bearer k"})
-    deadline = time.time() + 4  # 200 tokens take longer: the row must leave when its client does
+    gate = threading.Event()
+    server.server.config.app.state.scheduler.call(gate.wait)  # hold the worker: the request waits queued
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", content=json.dumps({**COMPLETION, "max_tokens": 200}).encode(),
+                       timeout=0.5, headers={"content-type": "application/json", "authorization": "Bearer k"})
+        time.sleep(1.2)  # longer than the server's disconnect poll
+    finally:
+        gate.set()
+    deadline = time.time() + 4
     while httpx.get(server.url + "/health").json()["running"] and time.time() < deadline:
         time.sleep(0.1)
     assert httpx.get(server.url + "/health").json()["running"] == 0
