@@ -83,12 +83,13 @@ def lora_folder(hf, smap, name: str, rank: int, seed: int, folder: Path) -> Path
     return folder
 
 
-def run_requests(engine, groups: list[list[tuple[str, list[int]]]], new: int, between=None) -> dict:
+def run_requests(engine, groups: list[list[tuple[str, list[int]]]], new: int, between=None, on_step=None) -> dict:
     """Submit each group's requests at once, groups one after another (``between(i)`` before group i);
-    returns tokens/s and latency percentiles measured from the first submission."""
+    returns tokens/s and latency percentiles measured from the first submission (``on_step``: the
+    scheduler's per-forward callback)."""
     from tangentft.serve import Generation, Scheduler
 
-    sched = Scheduler(engine, max_batch=64, max_queue=1024, batch_wait_ms=0)
+    sched = Scheduler(engine, max_batch=64, max_queue=1024, batch_wait_ms=0, on_step=on_step)
     sched.start()
     latencies, tokens = [], 0
     t0 = time.perf_counter()

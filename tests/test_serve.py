@@ -221,14 +221,22 @@ def test_queue_full_is_429_and_api_key(adapters):
         c = openai.OpenAI(base_url=srv.url + "/v1", api_key="sekret", max_retries=0, timeout=60)
         gate = threading.Event()
         app.state.scheduler.call(gate.wait)  # hold the worker so the next request waits in the queue
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
             first = pool.submit(c.completions.create, model="s2", prompt="x", max_tokens=2)
             while app.state.scheduler.queue_depth < 1:
                 threading.Event().wait(0.01)
             with pytest.raises(openai.RateLimitError):
                 c.completions.create(model="s2", prompt="y", max_tokens=2)
+            auth = {"authorization": "Bearer sekret"}
+            classify = pool.submit(httpx.post, srv.url + "/v1/classify", json={"model": "s2", "input": "x"}, headers=auth,
+                                   timeout=60)
+            while len(app.state.scheduler._calls) < 1:  # calls (classify, adapter loads) wait in a bounded queue too
+                threading.Event().wait(0.01)
+            r = httpx.post(srv.url + "/v1/classify", json={"model": "s2", "input": "y"}, headers=auth, timeout=60)
+            assert r.status_code == 429, r.text
             gate.set()
             assert first.result().usage.completion_tokens == 2
+            assert classify.result().status_code == 200
         assert c.completions.create(model="s2", prompt="y", max_tokens=2).usage.completion_tokens == 2
 
 

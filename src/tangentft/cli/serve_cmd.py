@@ -18,6 +18,8 @@ def serve(
     max_batch: int = typer.Option(16, "--max-batch", help="Rows decoded together at most."),
     max_queue: int = typer.Option(64, "--max-queue", help="Waiting requests at most; more get HTTP 429."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="How long an idle server collects requests."),
+    max_adapters: int = typer.Option(None, "--max-adapters", help="Adapters kept in memory at most; the others are "
+                                     "read from disk when asked for, evicting the least recently used (default: all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the tiny test models."),
 ) -> None:
     """Serve the base and adapters over HTTP (/v1/completions, /v1/chat/completions, /v1/classify, ...)."""
@@ -26,8 +28,9 @@ def serve(
     pairs = [parse_adapter(a) for a in adapter]
     with console.status(f"loading {model} and {len(pairs)} adapters"):
         app, engine = build_app(model, pairs, seed=seed, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
-                                batch_wait_ms=batch_wait_ms)
+                                batch_wait_ms=batch_wait_ms, max_resident=max_adapters)
     for a in engine.adapters.values():
-        console.print(f"adapter [bold]{a.name}[/] ({a.kind}, {a.parameters:,} parameters) from {a.path}")
+        where = "" if a.name in engine.resident else ", on disk until asked for"
+        console.print(f"adapter [bold]{a.name}[/] ({a.kind}, {a.parameters:,} parameters{where}) from {a.path}")
     console.print(f"serving {engine.name} on http://{host}:{port}/v1 (models: {', '.join(engine.model_names())})")
     run(app, host=host, port=port)

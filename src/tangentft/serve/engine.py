@@ -13,9 +13,12 @@ nothing already loaded changes then. The engine is not thread-safe: the schedule
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import json
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -85,29 +88,46 @@ def task_of(cfg: dict) -> TaskSpec | None:
 class Engine:
     """One base model and its adapters; :meth:`forward` runs a batch whose rows name their adapters."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, max_resident: int | None = None):
         if loaded.kind != "causal":
             raise TangentError(f"model '{loaded.name}' is an encoder: the server generates text and needs a causal LM")
         self.loaded = loaded
         self.name = loaded.name
         self.hf: nn.Module = loaded.model.eval()
-        self.tokenizer = loaded.tokenizer
+        self.tokenizer = loaded.tokenizer  # for the HTTP thread only
+        # a fast tokenizer is one Rust object whose padding/truncation state every call sets: two threads
+        # sharing it garble each other's batches (seen under load), so the worker thread has its own copy
+        self.worker_tokenizer = copy.deepcopy(loaded.tokenizer)
+        self._worker_loaded = replace(loaded, tokenizer=self.worker_tokenizer)
         self.fingerprint = base_weights_fingerprint(self.hf)
         self.sparse = MultiAdapter(self.hf)
         self.peft = None  # the PeftModel holding LoRA adapters, created with the first one
-        self.adapters: dict[str, AdapterInfo] = {}
+        self.adapters: dict[str, AdapterInfo] = {}  # every registered adapter, resident or not
+        if max_resident is not None and max_resident < 1:
+            raise TangentError(f"at most {max_resident} adapters resident: keep at least 1 (or set no limit)")
+        self.max_resident = max_resident
+        self.resident: collections.OrderedDict[str, None] = collections.OrderedDict()  # least recently used first
+        self.loads: collections.Counter = collections.Counter()  # reads from disk per adapter
+        self.evictions: collections.Counter = collections.Counter()
+        self.uses: collections.Counter = collections.Counter()  # requests admitted per model (base included)
         cfg = self.hf.config
         self.context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
         for p in self.hf.parameters():
             p.requires_grad_(False)
 
     # -- adapters ------------------------------------------------------------------------------------------
-    def load(self, name: str, path: str | Path) -> AdapterInfo:
-        """Serve the adapter in folder ``path`` as ``name``; raises AdapterConflict for another base."""
+    def check_name(self, name: str) -> None:
+        """Raise unless ``name`` can name a new adapter (AdapterConflict when one of that name is loaded)."""
         if not name or name == BASE or name == self.name or "/" in name:
             raise TangentError(f"adapter name '{name}' is not allowed (empty, '{BASE}', the base's name, or has '/')")
         if name in self.adapters:
             raise AdapterConflict(f"an adapter named '{name}' is already loaded; unload it first")
+
+    def load(self, name: str, path: str | Path, busy: Collection[str] = ()) -> AdapterInfo:
+        """Serve the adapter in folder ``path`` as ``name``; raises AdapterConflict for another base. The adapter
+        is read (and so checked) now; beyond ``max_resident`` the least recently used one not in ``busy`` is
+        evicted (kept registered, read again on its next use)."""
+        self.check_name(name)
         path = Path(path)
         if not path.is_dir():
             raise TangentError(f"adapter path {path}: no such folder")
@@ -118,6 +138,51 @@ class Engine:
             raise AdapterConflict(
                 f"adapter '{name}' ({path}) was trained on another base (fingerprint {expected}, served {self.fingerprint})"
             )
+        size = self._attach(name, kind, path)
+        info = AdapterInfo(name, kind, str(path), task_of(run), size)
+        self.adapters[name] = info
+        if not self._evict_beyond(self.max_resident, {*busy, name}):
+            self._evict_beyond(self.max_resident, busy)  # every other resident one is busy: wait on disk
+        return info
+
+    def ensure(self, label: str, busy: Collection[str] = ()) -> bool:
+        """Make ``label`` resident for a request (reading it from disk if it was evicted, evicting the least
+        recently used adapter not in ``busy``) and count the use; False when every resident one is busy."""
+        self.uses[self.name if label == BASE else label] += 1
+        if label == BASE:
+            return True
+        if label in self.resident:
+            self.resident.move_to_end(label)
+            return True
+        if self.max_resident is not None and not self._evict_beyond(self.max_resident - 1, busy):
+            self.uses[label] -= 1
+            return False
+        info = self.adapters[label]
+        self._attach(label, info.kind, Path(info.path))
+        return True
+
+    def unload(self, name: str) -> None:
+        """Stop serving adapter ``name`` (resident or not)."""
+        if name not in self.adapters:
+            raise TangentError(f"no adapter named '{name}' is loaded")
+        if name in self.resident:
+            self._detach(name)
+        del self.adapters[name]
+
+    def _evict_beyond(self, limit: int | None, busy: Collection[str]) -> bool:
+        """Evict least recently used adapters not in ``busy`` until at most ``limit`` are resident; False if
+        the busy ones alone exceed it."""
+        if limit is None:
+            return True
+        for name in [n for n in self.resident if n not in busy]:
+            if len(self.resident) <= limit:
+                break
+            self._detach(name)
+            self.evictions[name] += 1
+        return len(self.resident) <= limit
+
+    def _attach(self, name: str, kind: str, path: Path) -> int:
+        """Read adapter ``name`` from ``path`` into the model; its number of parameters."""
         if kind == "s2ft":
             adapter = load_adapter(path, name=name)
             try:
@@ -127,9 +192,16 @@ class Engine:
             size = adapter.numel
         else:
             size = self._load_lora(name, path)
-        info = AdapterInfo(name, kind, str(path), task_of(run), size)
-        self.adapters[name] = info
-        return info
+        self.resident[name] = None
+        self.loads[name] += 1
+        return size
+
+    def _detach(self, name: str) -> None:
+        if self.adapters[name].kind == "lora":
+            self.peft.delete_adapter(name)
+        else:
+            self.sparse.remove(name)
+        del self.resident[name]
 
     def _load_lora(self, name: str, path: Path) -> int:
         from peft import PeftModel
@@ -156,17 +228,6 @@ class Engine:
         self.hf.eval()
         return sum(p.numel() for n, p in self.hf.named_parameters() if f".{name}." in n and "lora_" in n)
 
-    def unload(self, name: str) -> None:
-        """Stop serving adapter ``name``."""
-        info = self.adapters.get(name)
-        if info is None:
-            raise TangentError(f"no adapter named '{name}' is loaded")
-        if info.kind == "s2ft":
-            self.sparse.remove(name)
-        else:
-            self.peft.delete_adapter(name)
-        del self.adapters[name]
-
     def model_names(self) -> list[str]:
         """The base's name, then every adapter's."""
         return [self.name, *self.adapters]
@@ -185,7 +246,7 @@ class Engine:
         """Within the block, row b of every forward uses adapter ``labels[b]`` (``__base__``: none)."""
         with contextlib.ExitStack() as stack:
             if self.peft is not None:
-                lora = [n if n in self.adapters and self.adapters[n].kind == "lora" else BASE for n in labels]
+                lora = [n if n in self.resident and self.adapters[n].kind == "lora" else BASE for n in labels]
                 stack.enter_context(self.peft.base_model._enable_peft_forward_hooks(adapter_names=lora))
             stack.enter_context(self.sparse.route(labels))
             yield
@@ -211,7 +272,7 @@ class Engine:
             raise TangentError(f"model '{name}' has no task (no training run config.json beside it): pass 'task'")
         if spec.is_pair:
             raise TangentError(f"task '{spec.name}' takes sentence pairs; /v1/classify takes single texts")
-        tm = TaskModel(self.loaded, spec)
+        tm = TaskModel(self._worker_loaded, spec)
         examples = [Example(t, 0) for t in texts]
         enc = tm.encode(examples)
         with self.routing([label] * len(texts)):

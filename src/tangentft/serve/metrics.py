@@ -23,9 +23,15 @@ class Metrics:
         self.forward_rows = 0
         self.forward_seconds = 0.0
         self.batch_hist = [0] * (len(BATCH_BUCKETS) + 1)
+        self.stream_ends: collections.Counter = collections.Counter()  # streams that did not finish, by why
+
+    def stream_end(self, outcome: str) -> None:
+        """Count a stream that ended early: ``client_gone`` (disconnected) or ``error``."""
+        with self._lock:
+            self.stream_ends[outcome] += 1
 
     def request(self, endpoint: str, model: str, status: int) -> None:
-        """Count one answered request."""
+        """Count one answer, whatever its status."""
         with self._lock:
             self.requests[(endpoint, model, status)] += 1
 
@@ -45,8 +51,8 @@ class Metrics:
             i = next((k for k, b in enumerate(BATCH_BUCKETS) if rows <= b), len(BATCH_BUCKETS))
             self.batch_hist[i] += 1
 
-    def render(self, queue_depth: int, running: int) -> str:
-        """The exposition text."""
+    def render(self, queue_depth: int, running: int, engine=None) -> str:
+        """The exposition text (with ``engine``: its adapters' residency, loads, evictions and uses)."""
         with self._lock:
             lines = [
                 "# TYPE tangentft_requests_total counter",
@@ -81,5 +87,27 @@ class Metrics:
                 f"tangentft_running_rows {running}",
                 "# TYPE tangentft_uptime_seconds gauge",
                 f"tangentft_uptime_seconds {time.time() - self.started:.3f}",
+                "# TYPE tangentft_stream_ended_early_total counter",
+                *(f'tangentft_stream_ended_early_total{{reason="{r}"}} {n}' for r, n in sorted(self.stream_ends.items())),
             ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + (residency(engine) if engine is not None else [])) + "\n"
+
+
+def residency(engine) -> list[str]:
+    """Adapter residency lines: registered, resident and their limit; per adapter resident (0/1), reads from
+    disk, evictions and admitted requests (the base's requests under its own name)."""
+    resident, limit = set(engine.resident), engine.max_resident
+    loads, evictions, uses = dict(engine.loads), dict(engine.evictions), dict(engine.uses)
+    return [
+        "# TYPE tangentft_adapters_registered gauge", f"tangentft_adapters_registered {len(engine.adapters)}",
+        "# TYPE tangentft_adapters_resident gauge", f"tangentft_adapters_resident {len(resident)}",
+        "# TYPE tangentft_adapters_max_resident gauge", f"tangentft_adapters_max_resident {-1 if limit is None else limit}",
+        "# TYPE tangentft_adapter_resident gauge",
+        *(f'tangentft_adapter_resident{{adapter="{a}"}} {int(a in resident)}' for a in sorted(engine.adapters)),
+        "# TYPE tangentft_adapter_loads_total counter",
+        *(f'tangentft_adapter_loads_total{{adapter="{a}"}} {n}' for a, n in sorted(loads.items())),
+        "# TYPE tangentft_adapter_evictions_total counter",
+        *(f'tangentft_adapter_evictions_total{{adapter="{a}"}} {n}' for a, n in sorted(evictions.items())),
+        "# TYPE tangentft_model_requests_total counter",
+        *(f'tangentft_model_requests_total{{model="{a}"}} {n}' for a, n in sorted(uses.items())),
+    ]

@@ -72,11 +72,11 @@ class Scheduler:
     def __init__(self, engine: Engine, max_batch: int = 16, max_queue: int = 64, batch_wait_ms: float = 5.0,
                  on_step: Callable[[int, int, float], None] | None = None):
         self.engine = engine
-        self.tokenizer = engine.tokenizer
+        self.tokenizer = engine.worker_tokenizer
         self.max_batch, self.max_queue, self.batch_wait = max_batch, max_queue, batch_wait_ms / 1000.0
         self.on_step = on_step  # (rows, new tokens, seconds) after every forward, for metrics
         self._waiting: collections.deque[Generation] = collections.deque()
-        self._calls: collections.deque[tuple[Callable, concurrent.futures.Future]] = collections.deque()
+        self._calls: collections.deque[tuple[Callable, concurrent.futures.Future, str | None]] = collections.deque()
         self._draining: dict[str, list[concurrent.futures.Future]] = {}
         self._cond = threading.Condition()
         self._running: list[Generation] = []
@@ -91,11 +91,19 @@ class Scheduler:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the worker after its current step."""
+        """Stop the worker after its current step; requests still running or waiting get an error."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout=30)
+        with self._cond:
+            left, self._waiting, self._running = [*self._running, *self._waiting], collections.deque(), []
+            calls, self._calls = list(self._calls), collections.deque()
+        for g in left:
+            if g.finish_reason is None:
+                g.emit("error", "the server is shutting down")
+        for _fn, fut, _needs in calls:
+            fut.cancel()
 
     def submit(self, gen: Generation) -> None:
         """Queue a request; raises :class:`QueueFull` when ``max_queue`` requests are already waiting."""
@@ -106,13 +114,20 @@ class Scheduler:
             self._waiting.append(gen)
             self._cond.notify_all()
 
-    def call(self, fn: Callable[[], object]) -> concurrent.futures.Future:
-        """Run ``fn`` on the worker thread between two steps; the future holds its result or exception."""
+    def call(self, fn: Callable[[], object], needs: str | None = None) -> concurrent.futures.Future:
+        """Run ``fn`` on the worker thread between two steps, once adapter ``needs`` (a row label) is resident;
+        the future holds its result or exception. Raises :class:`QueueFull` when ``max_queue`` calls wait."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
-            self._calls.append((fn, fut))
+            if len(self._calls) >= self.max_queue:
+                raise QueueFull(f"{len(self._calls)} calls are waiting (max_queue {self.max_queue})")
+            self._calls.append((fn, fut, needs))
             self._cond.notify_all()
         return fut
+
+    def busy(self) -> set[str]:
+        """Adapters the running batch uses (worker thread): they cannot be evicted now."""
+        return {g.label for g in self._running}
 
     def unload(self, name: str) -> concurrent.futures.Future:
         """Unload adapter ``name`` once no running or waiting request uses it (new requests are refused meanwhile)."""
@@ -166,11 +181,24 @@ class Scheduler:
                 self._finish_drains()
 
     def _run_calls(self) -> None:
-        while True:
+        # one call per decode step while rows are running: a burst of classify calls would otherwise run
+        # back to back and starve generation (seen at 128 users: 6 completions in 5 minutes)
+        budget = 1 if self._running else len(self._calls)
+        for _ in range(len(self._calls)):
+            if budget == 0:
+                return
             with self._cond:
-                if not self._calls:
-                    return
-                fn, fut = self._calls.popleft()
+                fn, fut, needs = self._calls.popleft()
+            try:
+                ready = needs is None or self.engine.ensure(needs, self.busy())
+            except BaseException as exc:  # the adapter could not be read again
+                fut.set_exception(exc)
+                continue
+            if not ready:  # every resident adapter is in use: after the next step
+                with self._cond:
+                    self._calls.append((fn, fut, needs))
+                continue
+            budget -= 1
             if fut.set_running_or_notify_cancel():
                 try:
                     fut.set_result(fn())
@@ -192,12 +220,29 @@ class Scheduler:
                     f.set_exception(exc)
 
     def _admit(self) -> list[Generation]:
-        out = []
+        """Waiting requests for the free rows, in order, whose adapters can be made resident now; the others
+        keep their place in the queue."""
+        candidates = []
         with self._cond:
-            while self._waiting and len(self._running) + len(out) < self.max_batch:
+            while self._waiting and len(self._running) + len(candidates) < self.max_batch:
                 g = self._waiting.popleft()
                 if not g.cancelled:
-                    out.append(g)
+                    candidates.append(g)
+        busy, out, blocked = self.busy(), [], []
+        for g in candidates:
+            try:
+                ready = self.engine.ensure(g.label, busy)
+            except Exception as exc:  # the adapter's files changed or vanished since it was registered
+                g.emit("error", f"adapter '{g.label}' could not be read again: {type(exc).__name__}: {exc}")
+                continue
+            if ready:
+                out.append(g)
+                busy.add(g.label)
+            else:
+                blocked.append(g)
+        if blocked:
+            with self._cond:
+                self._waiting.extendleft(reversed(blocked))
         return out
 
     def _prefill(self, gens: list[Generation]) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from ..errors import TangentError
 from .api import create_app
 from .engine import Engine
 
 LOOPBACK = "127.0.0.1"
+GRACE_S = 30
 
 
 def parse_adapter(spec: str) -> tuple[str, str]:
@@ -18,14 +21,19 @@ def parse_adapter(spec: str) -> tuple[str, str]:
 
 
 def build_app(model: str, adapters: list[tuple[str, str]], *, seed: int = 0, api_key: str | None = None,
-              max_batch: int = 16, max_queue: int = 64, batch_wait_ms: float = 5.0):
-    """Load ``model`` and the ``(name, path)`` adapters; returns (app, engine)."""
+              max_batch: int = 16, max_queue: int = 64, batch_wait_ms: float = 5.0, max_resident: int | None = None):
+    """Load ``model`` and the ``(name, path)`` adapters, at most ``max_resident`` of them in memory at once
+    (the others read from disk on demand, least recently used evicted); returns (app, engine)."""
     from ..models.registry import load_model
 
-    if max_batch < 1 or max_queue < 1 or batch_wait_ms < 0:
+    if max_batch < 1 or max_queue < 1 or not math.isfinite(batch_wait_ms) or batch_wait_ms < 0:
         raise TangentError(f"max_batch = {max_batch}, max_queue = {max_queue}, batch_wait_ms = {batch_wait_ms}: "
-                           "batch and queue must be at least 1, the wait non-negative")
-    engine = Engine(load_model(model, seed=seed))
+                           "batch and queue must be at least 1, the wait finite and non-negative")
+    if not -(2**63) <= seed < 2**63:
+        raise TangentError(f"seed = {seed}: must fit in 64 bits (|seed| < 2**63)")
+    if max_resident is not None and max_resident < 1:
+        raise TangentError(f"at most {max_resident} adapters resident: keep at least 1 (or set no limit)")
+    engine = Engine(load_model(model, seed=seed), max_resident=max_resident)
     for name, path in adapters:
         engine.load(name, path)
     app = create_app(engine, api_key=api_key, max_batch=max_batch, max_queue=max_queue, batch_wait_ms=batch_wait_ms)
@@ -36,4 +44,6 @@ def run(app, host: str = LOOPBACK, port: int = 8000, log_level: str = "warning")
     """Serve ``app`` with uvicorn until interrupted (one process: the model lives in this process's memory)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+    # on SIGTERM uvicorn stops accepting, lets in-flight requests finish for up to GRACE_S, then the scheduler
+    # stops and answers whatever still waits with an error
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=GRACE_S)
