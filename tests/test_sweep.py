@@ -237,9 +237,9 @@ def test_a_killed_sweep_continues_with_the_same_command(tmp_path, data_dir):
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
-    space, out, cache = _space(tmp_path, steps=6), tmp_path / "sweep", tmp_path / "cache"
+    space, out, cache = _space(tmp_path, steps=4), tmp_path / "sweep", tmp_path / "cache"
     storage = f"sqlite:///{tmp_path}/shared.db"
-    procs = [_cli(data_dir, space, out, "4", "--storage", storage, cache=cache) for _ in range(2)]
+    procs = [_cli(data_dir, space, out, "3", "--storage", storage, cache=cache) for _ in range(2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     trials = _trials(out, storage)
@@ -251,8 +251,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
     assert {t.user_attrs["worker"]["pid"] for t in trials} == {p.pid for p in procs}  # both worked on it
     for t in trained:  # each run trained once, by one worker: its steps neither repeat nor stop early unless pruned
         steps = _steps(out / t.user_attrs["run"])
-        assert steps == list(range(len(steps))) and (steps[-1] == 6 or t.state.name == "PRUNED")
+        assert steps == list(range(len(steps))) and (steps[-1] == 4 or t.state.name == "PRUNED")
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     rep = json.loads((out / "report.json").read_text())
     assert rep["chosen"]["real"] == best.value
-    assert rep["budget"]["spent"] <= rep["budget"]["limit"] + 2 * 6 * 4  # each worker overshoots by a run at most
+    assert rep["budget"]["spent"] <= rep["budget"]["limit"] + 2 * 4 * 4  # each worker overshoots by a run at most

@@ -34,7 +34,8 @@ def sweep(
 
     from ..sweep import Budget, load_space, run_sweep
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar and the report say what the INFO lines would
+    # the bar and the report say what Optuna's log lines would (a failed trial: its error in report.md)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     plan = Budget.parse(budget)
     spec = load_space(space, model, task)
     with progress_by_stage() as update:

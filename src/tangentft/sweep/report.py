@@ -23,7 +23,8 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict:
             "real_best_step": real.get("best_step"), "value": t.value,
             "pruned_at": max(t.intermediate_values) if t.state == TrialState.PRUNED and t.intermediate_values else None,
             "compute": t.user_attrs.get("compute", 0) - t.user_attrs.get("start_compute", 0),
-            "reused": bool(t.user_attrs.get("reused")), "retry_of": t.system_attrs.get("failed_trial")}
+            "reused": bool(t.user_attrs.get("reused")), "retry_of": t.system_attrs.get("failed_trial"),
+            "error": t.user_attrs.get("error")}
 
 
 def build_report(study: optuna.Study, space: Space, model: str, task: str, out: Path, budget: Budget, screen: dict,
@@ -86,7 +87,7 @@ def render_markdown(rep: dict) -> str:
         note = "; ".join(n for n in (
             f"pruned at step {t['pruned_at']}" if t["pruned_at"] is not None else "",
             "reused a finished run" if t["reused"] else "",
-            f"retry of trial {t['retry_of']}" if t["retry_of"] is not None else "") if n)
+            f"retry of trial {t['retry_of']}" if t["retry_of"] is not None else "", t["error"] or "") if n)
         lines.append(f"| {t['trial']} | {t['state']} | {t['config'] or '–'} | {_f(t['predicted'])} | {_iv(t['interval'])} "
                      f"| {_f(t['real'])} | {_f(t['compute'])} | {note} |")
     p = rep["prescreen"]

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -62,14 +64,21 @@ def open_storage(url: str) -> RDBStorage:
     except (sqlalchemy.exc.ArgumentError, ValueError):
         raise TangentError(f"storage '{url}' is not a SQLAlchemy database URL (e.g. sqlite:///runs/sweep/study.db)") from None
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
-            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=retry)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ModuleNotFoundError) as exc:
-        why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise TangentError(f"storage {shown} is unreachable: {why}") from None
+    last = None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
+                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                  heartbeat_stale_trial_callback=retry)
+        except sqlalchemy.exc.IntegrityError as exc:
+            last = exc  # two workers creating a new database's tables at once: the loser retries, then finds them
+            time.sleep(1 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+            last = exc
+            break
+    why = str(getattr(last, "orig", None) or last).splitlines()[0]
+    raise TangentError(f"storage {shown} is unreachable: {why}")
 
 
 def study_identity(model: str, task: str, space: Space) -> dict:
@@ -267,7 +276,11 @@ class Objective:
                 trial.set_user_attr("real", real_curve(run))
                 raise optuna.TrialPruned(f"forecast below the best finished trial at step {step}")
 
-        run_training(cfg, run, resume=resume, callback=callback)
+        try:
+            run_training(cfg, run, resume=resume, callback=callback)
+        except TangentError as exc:  # this configuration cannot train (it diverged, …): a failed trial, not a stop
+            trial.set_user_attr("error", exc.message)
+            return math.nan
         curve = real_curve(run)
         trial.set_user_attr("real", curve)
         trial.set_user_attr("compute", compute_of(cfg, curve["steps"][-1] if curve["steps"] else cfg.max_steps))
@@ -301,7 +314,7 @@ def run_sweep(space: Space, model: str, task: str, out: Path, budget: Budget, *,
         if used >= limit:
             break
         enqueue_next(study, screen["rows"][: space.top])
-        study.optimize(objective, n_trials=1, catch=(TangentError,))
+        study.optimize(objective, n_trials=1)
     report = build_report(study, space, model, task, out, budget, screen, limit, spent(study, budget))
     write_report(out, report)
     return report

@@ -3,7 +3,8 @@
 A space names parameter sets (a method and its ``params`` spec, ``--params`` grammar), LoRA ranks, a log range
 of learning rates (with the number of log-spaced points the prescreen predicts), steps, batch sizes and pulls
 toward θ0, plus the run settings every configuration shares (``[train]``: any :class:`TrainConfig` field the
-space does not vary). Every combination is one configuration of the grid (:meth:`Space.grid`); the Optuna
+space does not vary); ``top`` is how many of the prescreen's best configurations are enqueued first, ``draws``
+the bootstrap resamples behind each predicted interval, ``predict_n`` the kernel sample's cap. Every combination is one configuration of the grid (:meth:`Space.grid`); the Optuna
 search draws the same dimensions (:meth:`Space.suggest`) with the learning rate continuous on its log range.
 Every bad entry is refused in one line naming its key (``sets[1].params``, ``lr.low``, ``train.n_eval``).
 """
