@@ -3,9 +3,11 @@ to end, its resumption after a killed worker, and two workers on one SQLite stud
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -191,23 +193,38 @@ def test_a_tiny_sweep_runs_end_to_end_and_refuses_another_task_or_an_unreachable
         assert said in res.output and "Traceback" not in res.output and res.output.count("error:") == 1
 
 
-def _cli(data_dir, space, out, *extra, cache):
-    env = {**os.environ, "TANGENTFT_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+def _cli(data_dir, space, out, *extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "tangentft", *_sweep_args(data_dir, space, out, *extra)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _in_process(data_dir, space, out, *extra):
+    return CliRunner().invoke(app, _sweep_args(data_dir, space, out, *extra))
 
 
 def _trials(out: Path, storage: str | None = None):
     return optuna.load_study(study_name="sweep", storage=storage or f"sqlite:///{out}/study.db").get_trials()
 
 
+def _started(db: Path) -> bool:
+    """Whether a worker has started a trial in the SQLite study ``db`` (read directly: creating Optuna's tables from
+    here would race with the worker creating them)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("select count(*) from trials").fetchone()[0] > 0
+    except sqlite3.OperationalError:  # no database or no tables yet
+        return False
+
+
 def _steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_killed_sweep_continues_with_the_same_command(tmp_path, data_dir):
-    space, out, cache = _space(tmp_path, steps=40, extra="eval_every = 5"), tmp_path / "sweep", tmp_path / "cache"
-    proc = _cli(data_dir, space, out, "1", cache=cache)
+def test_a_killed_sweep_continues_with_the_same_command(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("TANGENTFT_CACHE", str(tmp_path / "cache"))
+    space, out = _space(tmp_path, steps=40, extra="eval_every = 5"), tmp_path / "sweep"
+    proc = _cli(data_dir, space, out, "1")
     deadline = time.time() + 240
     # killed once a checkpoint past step 0 exists (each evaluation writes one)
     while time.time() < deadline and not any((checkpoint_step(r.parent) or 0) > 0
@@ -222,8 +239,8 @@ def test_a_killed_sweep_continues_with_the_same_command(tmp_path, data_dir):
     done_before = _steps(run)
     assert 0 < done_before[-1] < 40
 
-    proc = _cli(data_dir, space, out, "1", cache=cache)
-    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    res = _in_process(data_dir, space, out, "1")  # the same command again (in-process: no second import)
+    assert res.exit_code == 0, res.output
     trials = _trials(out)
     assert trials[0].state.name == "FAIL"
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
@@ -236,19 +253,25 @@ def test_a_killed_sweep_continues_with_the_same_command(tmp_path, data_dir):
     assert rep["chosen"]["trial"] == retry[0].number
 
 
-def test_two_workers_share_one_sqlite_study(tmp_path, data_dir):
-    space, out, cache = _space(tmp_path, steps=4), tmp_path / "sweep", tmp_path / "cache"
+def test_two_workers_share_one_sqlite_study(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("TANGENTFT_CACHE", str(tmp_path / "cache"))
+    space, out = _space(tmp_path, steps=4), tmp_path / "sweep"
     storage = f"sqlite:///{tmp_path}/shared.db"
-    procs = [_cli(data_dir, space, out, "3", "--storage", storage, cache=cache) for _ in range(2)]
-    outs = [p.communicate(timeout=400)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
+    proc = _cli(data_dir, space, out, "4", "--storage", storage)  # one worker in a process of its own; once it
+    deadline = time.time() + 240                                     # trains its first trial, a second one here
+    while time.time() < deadline and not _started(tmp_path / "shared.db"):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    res = _in_process(data_dir, space, out, "4", "--storage", storage)
+    assert proc.wait(timeout=400) == 0 and res.exit_code == 0, (proc.stdout.read(), res.output)
+    pids = {proc.pid, os.getpid()}
     trials = _trials(out, storage)
     # trials that trained (finished or pruned by the forecast); the others found their configuration trained or
     # in training by another worker's trial and read its result
     trained = [t for t in trials if "start_compute" in t.user_attrs]
     runs = [t.user_attrs["run"] for t in trained]
     assert len(trained) >= 3 and len(set(runs)) == len(runs)  # no configuration trained twice
-    assert {t.user_attrs["worker"]["pid"] for t in trials} == {p.pid for p in procs}  # both worked on it
+    assert {t.user_attrs["worker"]["pid"] for t in trials} == pids  # both worked on it
     for t in trained:  # each run trained once, by one worker: its steps neither repeat nor stop early unless pruned
         steps = _steps(out / t.user_attrs["run"])
         assert steps == list(range(len(steps))) and (steps[-1] == 4 or t.state.name == "PRUNED")

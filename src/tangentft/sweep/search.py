@@ -299,10 +299,11 @@ def run_sweep(space: Space, model: str, task: str, out: Path, budget: Budget, *,
     out = Path(out)
     ensure_dir(out)
     cache = Path(cache) if cache is not None else default_cache()
-    screen = prescreen(space, model, task, cache=cache,
-                       progress=(lambda s, d, t: progress(s, d, t, None)) if progress else None)
+    # the study first: a wrong storage or a study of another model, task or space is refused before any kernel
     study = open_study(open_storage(storage or default_storage(out)), study_name, study_identity(model, task, space),
                        seed=seed)
+    screen = prescreen(space, model, task, cache=cache,
+                       progress=(lambda s, d, t: progress(s, d, t, None)) if progress else None)
     limit = budget.seconds if budget.seconds is not None else budget.runs * screen["grid_compute"] / len(screen["rows"])
     objective = Objective(space, model, task, out, cache,
                           on_step=(lambda d, t, what: progress("trial", d, t, what)) if progress else None)
