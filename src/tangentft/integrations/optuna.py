@@ -2,7 +2,7 @@
 
 ASHA and Hyperband must train every candidate for a while before they can compare it with the others. A trial
 that carries its predicted learning curve (``tangentft train --predict``'s ``prediction.json``, or
-:func:`tangentft.train.predict.predict_with`) can be judged from its first evaluations: its forecast is the
+:func:`tangentft.predict.curve.predict_with`) can be judged from its first evaluations: its forecast is the
 real value last reported, moved along the predicted curve's remaining gain, with the prediction's interval on
 top (:func:`forecast_bound`). When even that upper bound falls below the best finished trial, the rest of the
 run is not worth paying for.

@@ -1,6 +1,6 @@
 """Prescreen: every configuration of a space predicted from one kernel per trained-parameter set, and ranked.
 
-The kernels of a run (:class:`tangentft.train.predict.RunKernels`) depend on the model, the task's examples, the
+The kernels of a run (:class:`tangentft.predict.curve.RunKernels`) depend on the model, the task's examples, the
 method and its options (parameter set, LoRA rank), the optimizer family and the sampling settings — not on the
 learning rate, steps, batch size or pull, which :func:`predict_with` replays in milliseconds. So a space of
 hundreds of configurations costs as many kernel passes as it has distinct parameter sets. Those kernels are
@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.report import compare_ranking
-from ..data import data_fingerprint, load_task
+from ..data import data_fingerprint
 from ..errors import TangentError
 from ..io import fingerprint, load_safetensors, safetensors_metadata, save_safetensors
 from ..models.gguf_cache import cache_root
+from ..predict.curve import RunKernels, predict_with, run_kernels
 from ..train.config import TrainConfig
-from ..train.predict import RunKernels, predict_with, run_kernels
 from .space import Space
 
 ARRAYS = ("k_train", "k_cross", "kp_train", "kp_cross", "f0", "f0_eval", "y", "y_eval")
@@ -41,8 +41,7 @@ def default_cache() -> Path:
 def kernel_key(cfg: TrainConfig, n: int | None) -> str:
     """The cache key of ``cfg``'s kernels: the model, the task's data (fingerprint of every split), the config
     with the replayed fields (:data:`REPLAYED`) at their defaults, the optimizer family and the sample cap."""
-    task = load_task(cfg.task, template=cfg.template, label_words=cfg.label_words, columns=cfg.columns or None,
-                     **cfg.task_options())
+    task = cfg.load_task()
     data = {name: data_fingerprint(split) for name, split in sorted(task.splits.items())}
     return fingerprint("tangentft-sweep-kernels/1", _kernel_fields(cfg), data, n)
 

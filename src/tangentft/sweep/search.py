@@ -34,10 +34,10 @@ from optuna.trial import TrialState
 from ..errors import TangentError
 from ..integrations.optuna import PREDICTION_ATTR, ForecastPruner, compact_prediction
 from ..io import ensure_dir, fingerprint, remove_dir
+from ..predict.curve import predict_with
 from ..schemas import MetricsRow, read_jsonl
 from ..train.checkpoint import checkpoint_step
 from ..train.config import CONFIG, TrainConfig
-from ..train.predict import predict_with
 from ..train.run import resume_config, run_training
 from .prescreen import cached_kernels, default_cache, label, prescreen
 from .space import Budget, Space
