@@ -9,7 +9,8 @@ before the run (``config``, ``method``, ``params``, ``lr``, ``prediction{steps, 
 best_step, metric_interval}``, ``real{steps, eval_metric, ...}``, ``predict_s``, ``train_s``). A strategy here
 queries that cache instead of training: a trial of configuration c "trains" by reporting c's real eval metric at
 its real evaluation steps, and pays the steps between them (compute = optimizer steps trained; a configuration
-already trained is read back for free). A trial still running when the budget runs out stops there. Each
+already trained is read back for free, one pruned is pruned again for free; the replay ends when the budget is
+spent or every configuration is finished or pruned). A trial still running when the budget runs out stops there. Each
 strategy chooses the configuration with the best eval metric it observed; its regret is the grid's best real
 metric minus the chosen configuration's real best metric, in points (×100).
 
@@ -70,7 +71,8 @@ def _study(strategy: str, seed: int, steps: int, first: int) -> optuna.Study:
     pruner = {"asha": optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3),
               "hyperband": optuna.pruners.HyperbandPruner(min_resource=first, max_resource=steps, reduction_factor=3),
               "tangentft": ForecastPruner()}.get(strategy, optuna.pruners.NopPruner())
-    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # a fixed name: HyperbandPruner assigns brackets by a hash of the study name
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner, study_name=f"{strategy}-{seed}")
 
 
 def replay(grid: list[dict], strategy: str, budget: float, seed: int) -> dict:
@@ -81,9 +83,10 @@ def replay(grid: list[dict], strategy: str, budget: float, seed: int) -> dict:
     ranked = sorted(grid, key=lambda c: -c["prediction"]["best_metric"])[:TOP]
     seen: dict[str, float] = {}  # best eval metric observed per configuration
     finished: dict[str, float] = {}
+    pruned: set[str] = set()
     trained_to: dict[str, int] = {}
     spent, asks, out_of_budget = 0.0, 0, False
-    while spent < budget and asks < MAX_ASKS and len(finished) < len(grid) and not out_of_budget:
+    while spent < budget and asks < MAX_ASKS and len(finished) + len(pruned) < len(grid) and not out_of_budget:
         asks += 1
         if strategy == "tangentft":
             tried = {t.params.get("config") for t in study.get_trials(deepcopy=False)}
@@ -96,9 +99,12 @@ def replay(grid: list[dict], strategy: str, budget: float, seed: int) -> dict:
         if name in finished:  # already trained to the end: its result is known, nothing to pay
             study.tell(trial, finished[name])
             continue
+        if name in pruned:  # the strategy has already stopped it: proposed again, it is stopped again, for free
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
         if strategy == "tangentft":
             trial.set_user_attr(PREDICTION_ATTR, c["prediction"])
-        pos, state = trained_to.get(name, 0), None  # steps already paid for (a pruned configuration continues)
+        pos, state = trained_to.get(name, 0), None  # steps already paid for (a run cut by the budget)
         for step, value in c["curve"]:
             if step > pos:
                 if spent + step - pos > budget:
@@ -114,6 +120,7 @@ def replay(grid: list[dict], strategy: str, budget: float, seed: int) -> dict:
         if out_of_budget:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         elif state is not None:
+            pruned.add(name)
             study.tell(trial, state=state)
         else:
             finished[name] = max(v for _, v in c["curve"])
@@ -160,7 +167,9 @@ def summarize(rows: list[dict]) -> dict:
     at5 = out["1/5"]["tangentft"]["pairs_within_1pt"]
     beats = {k: v["tangentft"]["mean_regret"] < min(v["asha"]["mean_regret"], v["hyperband"]["mean_regret"])
              for k, v in out.items()}
+    pre = [r["prescreen_cost_vs_grid_train"] for r in rows if r["strategy"] == "tangentft" and r["fraction"] == FRACTIONS[0]]
     return {"by_budget": out, "pairs": len(pairs),
+            "prescreen_cost_vs_grid_train": {"min": min(pre), "mean": float(np.mean(pre)), "max": max(pre)},
             "target_within_1pt_at_1_5": {"pairs": at5, "of": len(pairs), "met": at5 >= min(4, len(pairs))},
             "target_beats_asha_and_hyperband": {"by_budget": beats, "met": all(beats.values())}}
 

@@ -279,3 +279,28 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data_dir, monkeypatch):
     rep = json.loads((out / "report.json").read_text())
     assert rep["chosen"]["real"] == best.value
     assert rep["budget"]["spent"] <= rep["budget"]["limit"] + 2 * 4 * 4  # each worker overshoots by a run at most
+
+
+def test_the_benchmark_replay_spends_steps_and_follows_the_prescreen():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "benchmarks" / "sweep.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def config(name, real, predicted):
+        steps = [4, 8, 12]
+        return {"name": name, "curve": list(zip(steps, real, strict=True)), "best": max(real), "steps": 12,
+                "prediction": {"steps": [0, *steps], "eval_metric": [0.5, *predicted], "best_metric": max(predicted),
+                               "metric_interval": [max(predicted) - 0.01, max(predicted) + 0.01]}}
+
+    grid = [config("a", [0.5, 0.55, 0.6], [0.52, 0.55, 0.58]), config("b", [0.6, 0.7, 0.8], [0.6, 0.7, 0.8]),
+            config("c", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
+    first = bench.replay(grid, "tangentft", 12, seed=0)  # one run's compute: the predicted best, trained
+    assert first == {"chosen": "b", "spent": 12, "trials": 1, "trained": 1}
+    whole = bench.replay(grid, "tangentft", 36, seed=0)  # the rest are pruned at their first evaluation
+    assert whole["chosen"] == "b" and whole["spent"] == 12 + 4 + 4 and whole["trained"] == 3
+    for strategy in bench.STRATEGIES:
+        r = bench.replay(grid, strategy, 6, seed=1)  # less than a run: one trial cut at the budget
+        assert r["spent"] == 4 and r["trials"] == 1
