@@ -150,6 +150,28 @@ def test_budget_in_full_runs_or_wall_clock():
             Budget.parse(bad)
 
 
+def test_the_budget_counts_finished_and_committed_compute_or_training_time():
+    import datetime
+
+    from tangentft.sweep.search import spent
+
+    study = optuna.create_study(direction="maximize")
+    t0 = datetime.datetime(2026, 1, 1)
+    for state, attrs, secs in [
+        ("COMPLETE", {"compute": 100, "start_compute": 0}, 10),
+        ("PRUNED", {"compute": 30, "start_compute": 0}, 3),
+        ("COMPLETE", {"compute": 100, "start_compute": 40}, 6),  # a retry that resumed at compute 40
+        ("FAIL", {"compute": 40, "start_compute": 0}, 4),        # the dead trial it retried
+        ("COMPLETE", {"reused": True}, 1),                       # read back a finished configuration
+    ]:
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, state=getattr(optuna.trial.TrialState, state), value=0.5 if state == "COMPLETE" else None,
+            datetime_start=t0, datetime_complete=t0 + datetime.timedelta(seconds=secs), params={}, distributions={},
+            user_attrs=attrs, system_attrs={}, intermediate_values={}, trial_id=0))
+    assert spent(study, Budget(runs=1)) == 100 + 30 + 60 + 40
+    assert spent(study, Budget(seconds=60)) == pytest.approx(24)
+
+
 # -- end to end ------------------------------------------------------------------------------------------------------
 def _sweep_args(data_dir, space, out, budget="1", *extra):
     return ["sweep", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--space", str(space),

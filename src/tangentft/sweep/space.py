@@ -65,9 +65,11 @@ class ParamSet(BaseModel):
 
     @property
     def label(self) -> str:
+        """The set's name in trials and reports: ``name``, or its method and params."""
         return self.name or " ".join(p for p in (self.method, self.params) if p)
 
     def takes_rank(self) -> bool:
+        """Whether the method has a LoRA rank (``lora_r``), so the space's ``ranks`` apply to this set."""
         return "lora_r" in {f.name for f in fields(get_method(self.method).config_class)}
 
 
@@ -134,6 +136,7 @@ class Space(BaseModel):
 
     # -- the grid -----------------------------------------------------------------------------------------
     def lr_range(self, s: ParamSet) -> LrRange:
+        """The learning-rate range of parameter set ``s``: its own, or the space's."""
         return s.lr or self.lr
 
     def grid(self) -> list[dict]:
@@ -165,6 +168,7 @@ class Space(BaseModel):
         return p
 
     def set_of(self, label: str) -> ParamSet:
+        """The parameter set named ``label``."""
         for s in self.sets:
             if s.label == label:
                 return s
@@ -255,4 +259,5 @@ class Budget:
         return cls(seconds=value * scale) if scale else cls(runs=value)
 
     def describe(self) -> str:
+        """The budget in words."""
         return f"{self.runs:g} full-run equivalents" if self.runs is not None else f"{self.seconds:g} s of training"
