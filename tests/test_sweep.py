@@ -188,6 +188,7 @@ def test_a_tiny_sweep_runs_end_to_end_and_refuses_another_task_or_an_unreachable
     chosen = rep["chosen"]
     assert chosen["command"].startswith("tangentft train --model tiny-llama") and "--lora-r" not in chosen["command"]
     assert "lora_r=2" in chosen["command"] and (out / chosen["run"] / "summary.json").is_file()
+    assert json.loads((out / chosen["run"] / "prediction.json").read_text())["best_metric"] == chosen["predicted"]
     trained = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
     assert len(trained) == 2 and all(t["predicted"] is not None and t["real"] is not None for t in trained)
     assert {t["params"]["lr"] for t in trained} == {0.001, 0.01}  # the prescreen's two enqueued first

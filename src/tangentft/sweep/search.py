@@ -1,18 +1,20 @@
 """The search: an Optuna study in RDB storage whose trials are real training runs, pruned by their forecast.
 
-:func:`run_sweep` prescreens the space (:mod:`.prescreen`), opens (or joins) the study — a SQLite file in the
-output folder by default, any SQLAlchemy URL otherwise, so several processes or machines can work on one study —
+:func:`run_sweep` opens (or joins) the study — a SQLite file in the output folder by default, any SQLAlchemy URL
+otherwise, so several processes or machines can work on one study — prescreens the space (:mod:`.prescreen`),
 enqueues the prescreen's best configurations first, and runs trials until the budget is spent. Each trial is a
-:func:`tangentft.train.run.run_training` run in its own folder (``runs/<set>-<config hash>``), reports its eval
-metric at every evaluation and is pruned by :class:`tangentft.integrations.optuna.ForecastPruner`.
+:func:`tangentft.train.run.run_training` run in its own folder (``runs/<set>-<config hash>``, with the trial's
+``prediction.json``), reports its eval metric at every evaluation and is pruned by
+:class:`tangentft.integrations.optuna.ForecastPruner`.
 
 Resuming. Every trial records its worker (host, pid, the process's start time). A trial left RUNNING by a worker
 that is gone is marked FAIL and enqueued again with the same parameters (:func:`retry`, at most
 :data:`MAX_RETRY` times): on this host at once, when the next sweep starts or a worker picks its next trial (the
 pid no longer runs that process); on another host through Optuna's heartbeat (``heartbeat_interval``
 :data:`HEARTBEAT_S`, stale after :data:`GRACE_S`). The retry trains in the same run folder, so the run resumes
-from its last checkpoint (bit-identical on CPU): no trial is lost and no configuration is trained twice. A configuration whose run folder
-already holds a finished run is not trained again — the trial reads its result.
+from its last checkpoint (bit-identical on CPU): no trial is lost and no configuration is trained twice. A
+configuration already finished — by another trial, or in this run folder by an earlier sweep — is read back, not
+trained again; one a live worker is training now is skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from optuna.trial import TrialState
 from ..errors import TangentError
 from ..integrations.optuna import PREDICTION_ATTR, ForecastPruner, compact_prediction
 from ..io import ensure_dir, fingerprint, remove_dir
-from ..predict.curve import predict_with
+from ..predict.curve import FILE as PREDICTION_FILE
+from ..predict.curve import predict_with, write_prediction
 from ..schemas import MetricsRow, read_jsonl
 from ..train.checkpoint import checkpoint_step
 from ..train.config import CONFIG, TrainConfig
@@ -266,6 +269,8 @@ class Objective:
         evals = set(pred["steps"])
 
         def callback(step: int, total: int, info: dict) -> None:
+            if not (run / PREDICTION_FILE).is_file():  # the folder exists from the first step on
+                write_prediction(run, full)  # as `train --predict` leaves it: `analyze --against` reads it
             if self.on_step:
                 self.on_step(step, total, label(params))
             if step not in evals or info.get(name) is None:
