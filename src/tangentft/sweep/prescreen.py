@@ -41,9 +41,13 @@ def default_cache() -> Path:
 def kernel_key(cfg: TrainConfig, n: int | None) -> str:
     """The cache key of ``cfg``'s kernels: the model, the task's data (fingerprint of every split), the config
     with the replayed fields (:data:`REPLAYED`) at their defaults, the optimizer family and the sample cap."""
-    task = cfg.load_task()
-    data = {name: data_fingerprint(split) for name, split in sorted(task.splits.items())}
-    return fingerprint("tangentft-sweep-kernels/1", _kernel_fields(cfg), data, n)
+    return fingerprint("tangentft-sweep-kernels/1", _kernel_fields(cfg), task_fingerprint(cfg), n)
+
+
+def task_fingerprint(cfg: TrainConfig) -> dict:
+    """The data fingerprint of every split of ``cfg``'s task, as the run loads it (the same data under another
+    path is the same task)."""
+    return {name: data_fingerprint(split) for name, split in sorted(cfg.load_task().splits.items())}
 
 
 def _kernel_fields(cfg: TrainConfig) -> dict:

@@ -42,7 +42,7 @@ from ..schemas import MetricsRow, read_jsonl
 from ..train.checkpoint import checkpoint_step
 from ..train.config import CONFIG, TrainConfig
 from ..train.run import resume_config, run_training
-from .prescreen import cached_kernels, default_cache, label, prescreen
+from .prescreen import cached_kernels, default_cache, label, prescreen, task_fingerprint
 from .space import Budget, Space
 
 DB = "study.db"
@@ -85,8 +85,11 @@ def open_storage(url: str) -> RDBStorage:
 
 
 def study_identity(model: str, task: str, space: Space) -> dict:
-    """What a study is about; a study made for another model, task or space is refused."""
-    return {"model": model, "task": str(task), "space": space.fingerprint()}
+    """What a study is about — the model, the task (its name and data fingerprint, so the same data under another
+    path matches) and the space's fingerprint; a study made for another one is refused."""
+    cfg = space.config(space.grid()[0], model, task)
+    return {"model": model, "task": Path(task).name, "data": fingerprint(task_fingerprint(cfg)),
+            "space": space.fingerprint()}
 
 
 def open_study(storage: RDBStorage, name: str, identity: dict, seed: int | None = None) -> optuna.Study:

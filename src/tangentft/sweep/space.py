@@ -188,8 +188,9 @@ class Space(BaseModel):
                                    "batch_size": int(params["batch_size"]), "reg": reg, "lam": lam}, f"set '{s.label}'")
 
     def fingerprint(self) -> str:
-        """A digest of everything the space fixes (a study of another space is refused)."""
-        return fingerprint(self.model_dump(mode="json"))
+        """A digest of the configurations the space holds (a study of another space is refused); ``top``,
+        ``draws`` and ``predict_n`` change how it is searched, not what, and are left out."""
+        return fingerprint(self.model_dump(mode="json", exclude={"top", "draws", "predict_n"}))
 
 
 def _key(loc: tuple) -> str:
