@@ -41,7 +41,7 @@ def default_cache() -> Path:
 def kernel_key(cfg: TrainConfig, n: int | None) -> str:
     """The cache key of ``cfg``'s kernels: the model, the task's data (fingerprint of every split), the config
     with the replayed fields (:data:`REPLAYED`) at their defaults, the optimizer family and the sample cap."""
-    return fingerprint("tangentft-sweep-kernels/1", _kernel_fields(cfg), task_fingerprint(cfg), n)
+    return fingerprint("tangentft-sweep-kernels/1", kernel_fields(cfg), task_fingerprint(cfg), n)
 
 
 def task_fingerprint(cfg: TrainConfig) -> dict:
@@ -50,7 +50,9 @@ def task_fingerprint(cfg: TrainConfig) -> dict:
     return {name: data_fingerprint(split) for name, split in sorted(cfg.load_task().splits.items())}
 
 
-def _kernel_fields(cfg: TrainConfig) -> dict:
+def kernel_fields(cfg: TrainConfig) -> dict:
+    """``cfg`` with the fields :func:`predict_with` replays (:data:`REPLAYED`) at their defaults: what its kernels
+    depend on, besides the task's data."""
     return replace(cfg, **{f.name: TrainConfig.default(f.name) for f in fields(TrainConfig)
                            if f.name in REPLAYED}).to_json()
 
@@ -104,7 +106,7 @@ def prescreen(space: Space, model: str, task: str, *, cache: Path | None = None,
     rows, kernels, loaded, keys = [], {}, {}, {}
     for i, params in enumerate(grid):
         cfg = space.config(params, model, task)
-        fields_ = fingerprint(_kernel_fields(cfg))
+        fields_ = fingerprint(kernel_fields(cfg))
         key = keys[fields_] = keys.get(fields_) or kernel_key(cfg, space.predict_n)
         if key not in loaded:
             rk, _, hit = cached_kernels(cfg, space.predict_n, cache, progress)

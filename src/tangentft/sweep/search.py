@@ -42,7 +42,7 @@ from ..schemas import MetricsRow, read_jsonl
 from ..train.checkpoint import checkpoint_step
 from ..train.config import CONFIG, TrainConfig
 from ..train.run import resume_config, run_training
-from .prescreen import cached_kernels, default_cache, label, prescreen, task_fingerprint
+from .prescreen import cached_kernels, default_cache, kernel_fields, label, prescreen, task_fingerprint
 from .space import Budget, Space
 
 DB = "study.db"
@@ -246,7 +246,7 @@ class Objective:
         if any(t.number < trial.number for t in others):  # a live worker trains it now; its trial carries the result
             trial.set_user_attr("planned_compute", 0)
             raise optuna.TrialPruned("another trial trains this configuration now")
-        key = str(sorted(cfg.method_options.items()))
+        key = fingerprint(kernel_fields(cfg))
         if key not in self._kernels:
             self._kernels[key] = cached_kernels(cfg, self.space.predict_n, self.cache)[0]
         full = predict_with(self._kernels[key], cfg, draws=self.space.draws)
