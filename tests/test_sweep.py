@@ -204,12 +204,16 @@ def test_a_tiny_sweep_runs_end_to_end_and_refuses_another_task_or_an_unreachable
     again = json.loads((out / "report.json").read_text())
     assert len(again["trials"]) == 2 and all(k["cached"] for k in again["prescreen"]["kernels"].values())
 
+    bad = tmp_path / "bad.toml"
+    bad.write_text(space.read_text().replace("steps = [4]", "steps = [0]"))
     for args, said in [
         (_sweep_args(data_dir, space, out, "2")[:4] + [str(data_dir / "cr")] + _sweep_args(data_dir, space, out)[5:],
          "study 'sweep' was made for task"),
         (_sweep_args(data_dir, space, tmp_path / "x", "1", "--storage", f"sqlite:///{tmp_path}/no/such/dir/s.db"),
          "is unreachable"),
         (_sweep_args(data_dir, space, tmp_path / "x", "1", "--storage", "not a url"), "not a SQLAlchemy database URL"),
+        (_sweep_args(data_dir, bad, tmp_path / "x", "1"), "steps: every entry must be ≥ 1"),
+        (_sweep_args(data_dir, space, tmp_path / "x", "lots"), "budget 'lots'"),
     ]:
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2, res.output
