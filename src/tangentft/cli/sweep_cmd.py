@@ -29,7 +29,7 @@ def sweep(
     ones as Optuna trials (prescreen's best first, pruned by their forecast) until the budget is spent.
 
     Killed, the same command continues the study; report.md names the chosen configuration and its train command.
-    Browse the study with ``optuna-dashboard sqlite:///OUT/study.db``."""
+    Browse the study with: optuna-dashboard sqlite:///OUT/study.db"""
     import optuna
 
     from ..sweep import Budget, load_space, run_sweep
