@@ -220,6 +220,20 @@ def test_a_tiny_sweep_runs_end_to_end_and_refuses_another_task_or_an_unreachable
         assert said in res.output and "Traceback" not in res.output and res.output.count("error:") == 1
 
 
+def test_a_sweep_of_a_space_smaller_than_its_budget_stops_when_the_space_is_exhausted(tmp_path, data_dir):
+    from tangentft.sweep import run_sweep
+
+    path = _space(tmp_path)
+    path.write_text(path.read_text().replace("points = 2", "points = 1").replace("high = 1e-2", "high = 1e-3"))
+    space = load_space(path, "tiny-llama", str(data_dir / "sst2"))
+    assert len(space.grid()) == 1
+    rep = run_sweep(space, "tiny-llama", str(data_dir / "sst2"), tmp_path / "sweep", Budget(runs=3),
+                    cache=tmp_path / "cache", seed=0)
+    assert rep["exhausted"] and rep["compute"]["trained"] == rep["compute"]["grid"]  # trained once, not 3 times
+    assert sum(not t["reused"] for t in rep["trials"]) == 1 and rep["chosen"]["trial"] == 0
+    assert "the space is exhausted" in (tmp_path / "sweep" / "report.md").read_text()
+
+
 def _cli(data_dir, space, out, *extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "tangentft", *_sweep_args(data_dir, space, out, *extra)], env=env,

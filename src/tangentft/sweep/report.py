@@ -74,7 +74,10 @@ def render_markdown(rep: dict) -> str:
         lines += [f"**Chosen**: trial {c['trial']}, `{c['config']}` — real best {rep['metric']} {_f(c['real'])} "
                   f"(step {c['real_best_step']}), predicted {_f(c['predicted'])} {_iv(c['interval'])}.", "",
                   "```", c["command"], "```", ""]
-    else:
+    if rep.get("exhausted"):
+        lines += ["The search stopped before the budget: its last trials only proposed configurations already "
+                  "trained (the space is exhausted).", ""]
+    if not c:
         lines += ["**No trial finished**: nothing to choose yet (raise the budget and run the same command again).", ""]
     frac = comp["fraction_of_grid"]
     lines += [f"Compute: {_f(comp['trained'])} {comp['unit']}, {_f(100 * frac) if frac is not None else '–'} % of "

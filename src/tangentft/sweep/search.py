@@ -50,6 +50,7 @@ RUNS = "runs"
 HEARTBEAT_S = 30
 GRACE_S = 120
 MAX_RETRY = 3
+MAX_IDLE = 10  # trials in a row that train nothing new: the space is exhausted
 
 
 def default_storage(out: Path) -> str:
@@ -227,8 +228,10 @@ class Objective:
         self.space, self.model, self.task, self.out, self.cache = space, model, task, Path(out), cache
         self.on_step = on_step
         self._kernels: dict = {}
+        self.trained = False
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.trained = False  # whether this trial trains (or resumes) a run, rather than reading one back
         params = self.space.suggest(trial)
         cfg = self.space.config(params, self.model, self.task)
         run = run_folder(self.out, params, cfg)
@@ -258,6 +261,7 @@ class Objective:
             trial.set_user_attr("reused", True)
             trial.set_user_attr("planned_compute", 0)
             return curve["best_metric"]
+        self.trained = True
         resume = (run / CONFIG).is_file()
         if resume:
             cfg = resume_config(run)
@@ -315,7 +319,8 @@ def run_sweep(space: Space, model: str, task: str, out: Path, budget: Budget, *,
     limit = budget.seconds if budget.seconds is not None else budget.runs * screen["grid_compute"] / len(screen["rows"])
     objective = Objective(space, model, task, out, cache,
                           on_step=(lambda d, t, what: progress("trial", d, t, what)) if progress else None)
-    while True:
+    idle = 0
+    while idle < MAX_IDLE:
         reclaim_dead(study)
         used = spent(study, budget)
         if progress:
@@ -324,6 +329,10 @@ def run_sweep(space: Space, model: str, task: str, out: Path, budget: Budget, *,
             break
         enqueue_next(study, screen["rows"][: space.top])
         study.optimize(objective, n_trials=1)
-    report = build_report(study, space, model, task, out, budget, screen, limit, spent(study, budget))
+        # a trial that trained nothing read back a configuration already trained: in a small discrete space the
+        # sampler ends up proposing only those, and the space is exhausted before the budget
+        idle = 0 if objective.trained else idle + 1
+    report = build_report(study, space, model, task, out, budget, screen, limit, used)
+    report["exhausted"] = idle >= MAX_IDLE
     write_report(out, report)
     return report
