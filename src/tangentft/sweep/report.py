@@ -36,12 +36,12 @@ def build_report(study: optuna.Study, space: Space, model: str, task: str, out: 
     if done:
         best = max(done, key=lambda t: t.value)
         cfg = space.config(best.params, model, task)
-        run = Path(out) / best.user_attrs["run"]
         pred = best.user_attrs.get(PREDICTION_ATTR) or {}
         chosen = {"trial": best.number, "config": label(best.params), "params": best.params, "run": best.user_attrs["run"],
                   "real": best.value, "real_best_step": (best.user_attrs.get("real") or {}).get("best_step"),
                   "predicted": pred.get("best_metric"), "interval": pred.get("metric_interval"),
-                  "command": cfg.command_line(run), "train": cfg.to_json()}
+                  # a fresh folder: the trial's own run folder already holds this run (train refuses to overwrite it)
+                  "command": cfg.command_line(Path(out) / "chosen"), "train": cfg.to_json()}
     trained = sum(t["compute"] for t in trials)
     unit = "seconds of training" if budget.seconds is not None else "examples trained (steps × batch)"
     return {
