@@ -17,6 +17,7 @@ from . import (  # noqa: E402
     plan_cmd,
     s2ft_cmd,
     serve_cmd,
+    sweep_cmd,
     taskvec_cmd,
     train_cmd,
 )
@@ -36,6 +37,7 @@ app.command("train")(train_cmd.train)
 app.add_typer(taskvec_cmd.app, name="taskvec")
 app.add_typer(s2ft_cmd.app, name="s2ft")
 app.command("serve")(serve_cmd.serve)
+app.command("sweep")(sweep_cmd.sweep)
 
 
 def main() -> None:

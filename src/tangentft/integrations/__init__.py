@@ -4,6 +4,9 @@ rule's step, and a thin wrapper that lets a ``transformers.Trainer`` train a tan
 
 These are the pieces ``tangentft train`` uses (``train.regularization.PullToInit``,
 ``train.metrics.LinearizationProbe``, ``analysis.kernel_rule``), packaged for someone else's training loop.
+For someone else's Optuna search, :mod:`tangentft.integrations.optuna` holds the pruner ``tangentft sweep`` uses
+(``ForecastPruner``: prune a trial when its forecast cannot beat the best finished one); it is imported from
+there, so a plain ``import tangentft.integrations`` does not load Optuna.
 """
 
 from __future__ import annotations
