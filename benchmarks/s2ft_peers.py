@@ -345,16 +345,13 @@ def train_row(model: str, task: str, name: str, args) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in rows if r.get("eval_metric") is not None]
     bench = json.loads((run_dir / "bench.json").read_text()) if (run_dir / "bench.json").is_file() else {}
+    n_eval = json.loads((run_dir / "config.json").read_text())["data"]["eval"]["n"]
+    final = evals[-1]["eval_metric"]
     return {"model": model, "task": task, "method": name, "n_train": n_train, "steps": summary["steps"],
-            "lr": LR[name], "n_eval": len_eval(summary, args.n_eval), "trainable": summary["trainable_params"],
+            "lr": LR[name], "n_eval": n_eval, "trainable": summary["trainable_params"],
             "metric": evals[-1].get("eval_metric_name", "accuracy"), "base": evals[0]["eval_metric"],
-            "final": evals[-1]["eval_metric"], "final_loss": evals[-1].get("eval_loss"),
+            "final": final, "se": (final * (1 - final) / n_eval) ** 0.5, "final_loss": evals[-1].get("eval_loss"),
             "train_wall_s": bench.get("wall_s"), "load": bench.get("load"), "run": f"{model}/{run_dir.name}"}
-
-
-def len_eval(summary: dict, default: int) -> int:
-    """Held-out examples the run evaluated on (the summary's count when it records one)."""
-    return summary.get("n_eval") or default
 
 
 # -- driver --------------------------------------------------------------------------------------------------
@@ -407,10 +404,11 @@ def figure(result: dict, path: Path) -> None:
 
     cost = result.get("cost", [])
     acc = result.get("accuracy", [])
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.8))
     colors = dict(zip(METHODS, ("C0", "C3", "C1", "C2", "C7"), strict=True))
-    for ax, key, title in zip(axes[:3], ("step_s", "peak_gb", "switch_ms"),
-                              ("step CPU time / S2FT's", "peak RSS / S2FT's", "adapter switch / S2FT's (log)"), strict=True):
+    for ax, key, title in zip(axes[:4], ("step_s", "peak_gb", "saved_gb", "switch_ms"),
+                              ("step CPU time / S2FT's", "peak RSS / S2FT's", "saved for backward / S2FT's",
+                               "adapter switch / S2FT's (log)"), strict=True):
         labels = [f"{r['model'].split('-')[0]}\n{r['size']}" for r in cost]
         w = 0.8 / len(METHODS)
         for i, m in enumerate(METHODS):
@@ -422,16 +420,17 @@ def figure(result: dict, path: Path) -> None:
         if key == "switch_ms":
             ax.set_yscale("log")
     axes[0].legend(fontsize=7)
-    ax = axes[3]
+    ax = axes[4]
     groups = list(dict.fromkeys((r["model"], r["task"]) for r in acc))
     w = 0.8 / len(METHODS)
     for i, m in enumerate(METHODS):
         ys = [next((r["final"] for r in acc if (r["model"], r["task"], r["method"]) == g + (m,)), float("nan"))
               for g in groups]
-        ax.bar([j + (i - 2) * w for j in range(len(groups))], ys, w, color=colors[m])
+        errs = [next((r["se"] for r in acc if (r["model"], r["task"], r["method"]) == g + (m,)), 0.0) for g in groups]
+        ax.bar([j + (i - 2) * w for j in range(len(groups))], ys, w, yerr=errs, color=colors[m])
     ax.set_xticks(range(len(groups)), [f"{g[0].split('-')[0]}\n{g[1]}" for g in groups], fontsize=8)
     ax.set_ylim(0.4, 1.0)
-    ax.set_title("accuracy after the same steps", fontsize=9)
+    ax.set_title("accuracy after the same steps (± binomial s.e.)", fontsize=9)
     fig.suptitle("S2FT vs PEFT sparse tuners (SHiRA, Super-Tuning), LoRA, full — equal trainable parameters; "
                  "CPU, 1 thread, shared 2-core machine", fontsize=9)
     fig.tight_layout()
