@@ -19,7 +19,7 @@ An encoder (MiniLM) also trains its new task head in every method; the counts ab
 logits, AdamW), each method in its own subprocess (peak RSS per method), ``--rounds`` rounds in alternating
 order, 1 torch thread: ``step_s`` the median CPU seconds of a step, ``peak_gb`` peak RSS, ``saved_gb`` what
 autograd saves for backward (``s2ft_train._saved_activation_gb``: exact, unlike RSS on a shared machine),
-``disk_mb`` the trained update as the method saves it, ``switch_ms`` the swap between two trained adapters of
+``disk_mb`` the trained update as the method saves it, ``switch_ms`` (median CPU milliseconds) the swap between two trained adapters of
 the whole model as it would be served (weights merged): S2FT through ``tangentft.adapters.switch`` (restore
 the old slices, add the new), PEFT tuners through ``unmerge_adapter``/``set_adapter``/``merge_adapter``, full
 by copying every weight. ``load`` is ``os.getloadavg()`` at the start and end of each measurement.
@@ -178,14 +178,16 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _timed(fn, repeats: int) -> tuple[float, float]:
-    """(median, min) milliseconds of ``fn`` after one warm-up call."""
+    """(median CPU, min wall) milliseconds of ``fn`` after one warm-up call. CPU time like the step times: on
+    this oversubscribed machine a process gets ~10% of a core, so a wall-clock median is mostly waiting."""
     fn()
-    times = []
+    cpu, wall = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, w0 = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), 1e3 * min(times)
+        cpu.append(time.process_time() - t0)
+        wall.append(time.perf_counter() - w0)
+    return 1e3 * statistics.median(cpu), 1e3 * min(wall)
 
 
 @torch.no_grad()
@@ -294,7 +296,7 @@ def measure(name: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         method.save(tm, Path(tmp))
         out["disk_mb"] = _dir_bytes(Path(tmp)) / 1e6
-    out["switch_ms"], out["switch_min_ms"] = switch_ms(name, tm, args.model, args.switch_repeats)
+    out["switch_ms"], out["switch_wall_min_ms"] = switch_ms(name, tm, args.model, args.switch_repeats)
     out["load"] = [load0, os.getloadavg()[0]]
     return out
 
@@ -376,7 +378,7 @@ def summarize_cost(runs: list[dict]) -> list[dict]:
             if not mine:
                 continue
             row["methods"][m] = {
-                **{k: statistics.median(r[k] for r in mine) for k in ("step_s", "step_wall_s", "switch_ms", "switch_min_ms")},
+                **{k: statistics.median(r[k] for r in mine) for k in ("step_s", "step_wall_s", "switch_ms", "switch_wall_min_ms")},
                 **{k: max(r[k] for r in mine) for k in ("peak_gb", "train_extra_gb")},
                 **{k: mine[0][k] for k in ("saved_gb", "trainable", "trainable_all", "disk_mb")},
                 "step_s_rounds": [r["step_s"] for r in mine], "load": [r["load"] for r in mine],
@@ -437,6 +439,27 @@ def figure(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(result: dict) -> str:
+    """The README tables: per cost row and method the measured figures and their ratio to S2FT; accuracy."""
+    lines = ["| model, batch × tokens | method | trainable | step (CPU s) | / S2FT | peak RSS GB | saved GB | disk MB "
+             "| switch ms (CPU) | load |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result.get("cost", []):
+        for m, v in row["methods"].items():
+            loads = [x for pair in v["load"] for x in pair]
+            lines.append(f"| {row['model']} {row['size'].replace('x', '×')} | {m} | {v['trainable']:,} | {v['step_s']:.3f} "
+                         f"| {v.get('over_s2ft', {}).get('step_s', float('nan')):.2f} | {v['peak_gb']:.2f} "
+                         f"| {v['saved_gb']:.3f} | {v['disk_mb']:.1f} | {v['switch_ms']:.1f} "
+                         f"| {min(loads):.1f}–{max(loads):.1f} |")
+    lines += ["", "| model | task | method | n_train | steps | lr | accuracy before → after (± s.e.) | train wall s | load |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result.get("accuracy", []):
+        load = "–".join(f"{x:.1f}" for x in r["load"]) if r.get("load") else ""
+        wall = f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else ""
+        lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {r['n_train']} | {r['steps']} | {r['lr']:g} "
+                     f"| {r['base']:.3f} → {r['final']:.3f} ± {r['se']:.3f} | {wall} | {load} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -457,6 +480,7 @@ def main() -> None:
     ap.add_argument("--finished-only", action="store_true",
                     help="Collect the accuracy rows whose training has finished; train nothing")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "s2ft_peers"))
+    ap.add_argument("--table", action="store_true", help="Print the README tables of --out and stop")
     ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
@@ -466,6 +490,9 @@ def main() -> None:
         return
     from tangentft.io import write_json
 
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     args.acc = {"minilm": (1024, 300), "smollm2-135m": (512, 150)}
     for s in args.acc_size:
         model, n, steps = s.split(":")
@@ -476,6 +503,8 @@ def main() -> None:
         old = json.loads(Path(args.out).read_text())
         state["cost"] = state["cost"] or old.get("cost_runs", [])
         state["accuracy"] = state["accuracy"] or old.get("accuracy", [])
+    # TEMP: drop measurements taken before switch times were CPU time; they are measured again
+    state["cost"] = [r for r in state["cost"] if "switch_wall_min_ms" in r["result"]]
     methods = args.methods.split(",")
     parts = args.parts.split(",")
     if "cost" in parts:
