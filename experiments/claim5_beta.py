@@ -8,7 +8,7 @@ the fine-tune (eval loss at every epoch). The paper ties faster decay to a faste
 larger β should give a lower eval-loss curve: we report Spearman(β, area under the eval-loss curve) within
 each task (expected negative). §3.5: the data-dependent stopping step against the run's real best step (highest
 eval metric), in the run's own steps: the best step of the function-space prediction of that very run
-(``tangentft.train.predict.predict_run``: the SignGD kernel of the run's parameters on its own examples, replayed
+(``tangentft.predict.curve.predict_run``: the SignGD kernel of the run's parameters on its own examples, replayed
 over its AdamW steps, schedule and pull); agreement within a factor 2 is counted. Beside it, Raskutti et al.'s
 T̂ as ``analyze`` computes it, which counts gradient-descent steps with step size 1/λ̂max on the linearized
 squared loss — a different unit, reported only for reference.
@@ -32,8 +32,8 @@ CLAIM = common.Claim(
 
 def predicted(ctx: common.Context, record: dict) -> dict:
     """The function-space prediction of a claim-1 run (its own examples, steps and optimizer), cached."""
+    from tangentft.predict.curve import predict_run
     from tangentft.train.config import TrainConfig
-    from tangentft.train.predict import predict_run
 
     cfg = TrainConfig.from_json(record["train"]["train_config"])
     config = {"train_config": record["train"]["train_config"], "n": min(cfg.n_train or 64, 64), "draws": 20}

@@ -3,7 +3,7 @@
     PYTHONPATH=src nice -n 10 python experiments/predict_vs_real.py            # resumable; re-run to continue
     python experiments/predict_vs_real.py --report-only                         # tables + figures from the cache
 
-For each model × task × parameter choice it runs ``run_training(cfg, predict=True)``: the prediction (kernel at θ0
+For each model × task × parameter choice it runs ``train_with_prediction(cfg, out)``: the prediction (kernel at θ0
 of the run's own parameters on its own training examples, replayed over its own steps) and then the real run on
 the same examples. One JSON per configuration is cached in ``experiments/results/predict_vs_real/configs/``, so a
 killed harness continues where it stopped. The summary (``summary.json``, ``README.md`` table, ``scatter.png``,
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from tangentft.io import atomic_path, atomic_write, format_number, write_json
+from tangentft.predict.curve import NONLINEAR_RATIO
+from tangentft.predict.launch import train_with_prediction
 from tangentft.train.loop import TrainConfig
-from tangentft.train.predict import NONLINEAR_RATIO
-from tangentft.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "predict_vs_real"
@@ -79,7 +79,7 @@ def run_one(model: str, task: str, conf: tuple, args) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run of this harness: start it again
     t0 = time.perf_counter()
-    summary = run_training(cfg, run_dir, predict=True, predict_n=args.n_train)
+    summary = train_with_prediction(cfg, run_dir, n=args.n_train)
     wall = time.perf_counter() - t0
     pred = json.loads((run_dir / "prediction.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -115,9 +115,8 @@ def refresh_probe(results: list[dict], args) -> int:
     every configuration. Returns the number of results updated (their JSON is rewritten)."""
     from tangentft.analysis import baselines
     from tangentft.analysis.dynamics import simulate
-    from tangentft.data import load_task
     from tangentft.models.task_model import build_task_model
-    from tangentft.train.predict import step_plan
+    from tangentft.predict.curve import step_plan
     from tangentft.train.run import split_data
 
     todo = [r for r in results if not r.get("probe_eval_mode")]
@@ -130,7 +129,7 @@ def refresh_probe(results: list[dict], args) -> int:
                           batch_size=r["batch_size"], eval_every=r["eval_every"], probe_size=16, seed=r["seed"])
         ck = (r["model"], r["task"], r["optimizer"] == "adamw")
         if ck not in cache:
-            task = load_task(cfg.task)
+            task = cfg.load_task()
             data = split_data(task, cfg)
             tm = build_task_model(cfg.model, task.spec, seed=cfg.seed)
             kt, kc = baselines.probe_kernels(tm, data.train, data.eval, signgd=ck[2])
@@ -153,18 +152,17 @@ def refresh_probe(results: list[dict], args) -> int:
 
 @functools.cache
 def _lora_a_rms(model: str, params: str, task_path: str, seed: int) -> float | None:
-    from tangentft.data import load_task
-    from tangentft.train.predict import lora_a_rms, parameterized_model
+    from tangentft.predict.curve import lora_a_rms, parameterized_model
 
-    cfg = TrainConfig(model=model, method="lora", method_options={"params": params}, seed=seed)
-    return lora_a_rms(parameterized_model(cfg, load_task(task_path).spec, [])[1])
+    cfg = TrainConfig(model=model, task=task_path, method="lora", method_options={"params": params}, seed=seed)
+    return lora_a_rms(parameterized_model(cfg, cfg.load_task().spec, [])[1])
 
 
 def backfill_lora_a_travel(results: list[dict], args) -> None:
     """Give results cached before ``prediction.json`` had ``lora_a_travel`` (the a-priori flag,
-    ``tangentft.train.predict.lora_a_travel``) that number, computed as the prediction computes it. In memory
+    ``tangentft.predict.curve.lora_a_travel``) that number, computed as the prediction computes it. In memory
     only: the cached JSON is left as it was measured."""
-    from tangentft.train.predict import lora_a_travel, step_plan
+    from tangentft.predict.curve import lora_a_travel, step_plan
 
     for r in results:
         if "lora_a_travel" in r["prediction"]:

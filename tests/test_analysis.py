@@ -398,8 +398,8 @@ def test_analyze_kernels_report_and_compare(tmp_path):
         assert key in data, key
     md = (out / "report.md").read_text()
     assert "## Recommendation" in md and "![" in md and "LoRA rank r = " in md
-    # the theory's run is labelled as such in the conventions and says which loss λ assumes; without the train
-    # layer's prediction (tangentft.train.recommend) there is no run to launch and no command
+    # the theory's run is labelled as such in the conventions and says which loss λ assumes; without the predict
+    # layer's prediction (tangentft.predict.recommend) there is no run to launch and no command
     theory = md[md.index("### The theory's run"):]
     assert md.index("## Conventions") < md.index("### The theory's run") and "Not the recommendation" in theory
     assert "full-batch SGD on the mean squared loss" in theory and "- loss: the trainer's mean squared loss" in theory
@@ -420,7 +420,7 @@ def test_the_theory_run_translates_the_ridge_and_stopping_numbers_to_the_trainer
 
     from tangentft.analysis import run
     from tangentft.analysis.result import AnalysisReport
-    from tangentft.train.recommend import theory_run
+    from tangentft.predict.recommend import theory_run
 
     kb, kx, cands, y, f0, ye, f0e = _synthetic_problem()
     kern = run.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)

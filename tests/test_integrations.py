@@ -97,8 +97,8 @@ def test_callback_stops_at_the_given_step(tmp_path):
 
 
 def test_kernel_rule_step_is_the_trainer_rule():
+    from tangentft.analysis.kernel_rule import kernel_rule
     from tangentft.integrations.callback import kernel_rule_step
-    from tangentft.train.kernel_rule import kernel_rule
 
     tm, meth, _ = _prepared("lora", "tiny-llama")
     train = toy_examples(N, seed=1)

@@ -12,9 +12,9 @@ from tangentft.analysis.dynamics import StepPlan, simulate
 from tangentft.errors import TangentError
 from tangentft.methods.base import get_method
 from tangentft.ntk import empirical_ntk_pair
+from tangentft.predict.curve import j_theta0, step_plan
 from tangentft.train.config import TrainConfig
 from tangentft.train.loop import TrainData, Trainer
-from tangentft.train.predict import j_theta0, step_plan
 
 
 def _linearized_run(tmp_path, loss, **cfg_kw):
@@ -22,8 +22,7 @@ def _linearized_run(tmp_path, loss, **cfg_kw):
     train, evals = toy_examples(12), toy_examples(10, seed=5)
     cfg = TrainConfig(model="tiny-llama", method="linearized", method_options={"params": "q,v@0;o@1"},
                       optimizer="sgd", loss=loss, batch_size=4, max_steps=9, eval_every=3, seed=3, **cfg_kw)
-    method = get_method("linearized")
-    m = method(method.config_class.from_options("linearized", {"seed": 3, **cfg.method_options}))
+    m = get_method(cfg.method)(cfg.method_config())
     Trainer(tm, m, TrainData(train, [], evals, train[:4]), cfg, tmp_path).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     kt, kc = empirical_ntk_pair(tm, m.selected, train, evals)
@@ -303,7 +302,7 @@ def test_lora_under_adamw_is_flagged_before_the_run_when_its_a_factors_travel_fa
     import torch
 
     from tangentft.models.selection import select
-    from tangentft.train.predict import NONLINEAR_RATIO, lora_a_rms, predict_run
+    from tangentft.predict.curve import NONLINEAR_RATIO, lora_a_rms, predict_run
 
     base = dict(model="tiny-llama", task=str(data_dir / "sst2"), method="lora",
                 method_options={"params": "lora(r=4):q,v@0"}, n_train=8, n_eval=8, batch_size=4, seed=0)
@@ -323,3 +322,32 @@ def test_lora_under_adamw_is_flagged_before_the_run_when_its_a_factors_travel_fa
         next(p for n, p in tm.named_parameters() if "lora_B" in n).fill_(0.1)
     assert lora_a_rms(tm) is None
     assert lora_a_rms(tiny_task_model("tiny-llama")) is None
+
+
+def test_the_prediction_sees_the_task_the_run_trains(tmp_path, data_dir):
+    """Issue #26 §0: with a custom template and label words, the prediction's step 0 is the run's step-0 evaluation
+    exactly (metric, loss and the outputs at θ0). The prediction once loaded the task without them."""
+    import torch
+
+    from tangentft.predict.curve import predict_with, run_kernels
+    from tangentft.train.loop import split_data
+
+    cfg = TrainConfig(model="tiny-llama", task=str(data_dir / "sst2"), template="Text: {sentence}\nMood:",
+                      label_words=[" bad", " good"], method="lora", method_options={"params": "lora(r=2):q,v@0"},
+                      n_train=8, n_eval=12, max_steps=2, eval_every=2, batch_size=4, lr=0.01)
+    rk = run_kernels(cfg, n=8)
+    pred = predict_with(rk, cfg, draws=2)
+
+    task = cfg.load_task()  # as train.run.run_training builds the run
+    assert task.spec.template == cfg.template and task.spec.label_words == cfg.label_words
+    data = split_data(task, cfg)
+    trainer = Trainer(tiny_task_model("tiny-llama", task.spec), get_method(cfg.method)(cfg.method_config()), data,
+                      cfg, tmp_path)
+    trainer.setup()  # the run's model at θ0
+    loss, _, metric = trainer.evaluate(data.eval)  # the evaluation the loop writes as step 0
+    assert pred["steps"][0] == 0 and pred["eval_metric"][0] == metric
+    assert pred["eval_loss"][0] == pytest.approx(loss, rel=1e-6)
+    with torch.no_grad():
+        enc = trainer.task_model.encode(data.eval)
+        run_outputs = trainer.model(enc["input_ids"], enc["attention_mask"]).double().numpy()
+    assert np.allclose(rk.f0_eval, run_outputs, rtol=0, atol=1e-6)

@@ -270,15 +270,21 @@ def test_command_line_reads_back_as_the_same_config(cfg, monkeypatch, tmp_path):
     """TrainConfig.command_line is the train command's inverse: the real CLI parses it back to an equal config."""
     import shlex
 
+    import tangentft.predict.launch
     import tangentft.train.run
 
     seen = {}
 
     def fake_run(c, out_dir, **kw):
-        seen.update(cfg=c, out=out_dir, predict=kw["predict"])
+        seen.update(cfg=c, out=out_dir, predict=False)
+        return {"steps": 0, "last": {}}
+
+    def fake_predicted_run(c, out_dir, **kw):
+        seen.update(cfg=c, out=out_dir, predict=True)
         return {"steps": 0, "last": {}}
 
     monkeypatch.setattr(tangentft.train.run, "run_training", fake_run)
+    monkeypatch.setattr(tangentft.predict.launch, "train_with_prediction", fake_predicted_run)
     args = shlex.split(cfg.command_line(tmp_path / "out", predict=True))
     assert args[:2] == ["tangentft", "train"] and args[-2:] == ["--out", str(tmp_path / "out")]
     res = _cli(*args[2:])

@@ -1,9 +1,18 @@
 """tangentft: predictable, cheap fine-tuning of pretrained language models.
 
-Layers (imports only point downwards):
-  models/ data/  ->  ntk/  ->  analysis/
-  models/ data/  ->  methods/  ->  train/  ->  adapters/, taskvec/, integrations/
-  cli/ calls the library; the library never imports cli/.
+Floors (a package imports only from floors below it; tests/test_layering.py holds the same table):
+  cli/
+  taskvec/  integrations/
+  predict/                      a run's predicted curve, its check against the run, recommended runs
+  train/  serve/                train never calls predict
+  analysis/  adapters/
+  ntk/
+  methods/
+  models/
+  data/
+  schemas, io, device, distributed
+  errors
+cli/ only parses and prints; the library never imports cli/.
 
 Papers are cited by short name — the linearization paper, the early-stopping paper, the LoRA-NTK paper,
 the S2FT paper, Raskutti et al. 2014 — with their own equation/theorem numbers; full titles, authors and

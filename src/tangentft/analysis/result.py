@@ -57,7 +57,7 @@ class Recommendation:
     full-batch SGD on the mean squared loss with the pull ``theory_lam`` = 2λ/(n·K), lr ``theory_lr`` = α/2
     for ``theory_steps`` steps (:func:`tangentft.analysis.run.theory_run_numbers`). ``train_command`` is the
     run to launch (AdamW, its curve predicted in the report's ``run_prediction``); it and ``theory_command`` are
-    written by :mod:`tangentft.train.recommend`.
+    written by :mod:`tangentft.predict.recommend`.
     """
 
     lora_rank: int
@@ -104,7 +104,7 @@ class AnalysisReport(KernelAnalysis):
     bound_curves: dict | None = None
     recommendation: Recommendation | None = None
     warnings: list[str] = field(default_factory=list)  # setups where the kernel view is known to be weak
-    run_prediction: dict | None = None  # the predicted curve of the run to launch (tangentft.train.predict)
+    run_prediction: dict | None = None  # the predicted curve of the run to launch (tangentft.predict.curve)
     figures: dict[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -402,7 +402,7 @@ def _probe_metric(tm, x, x_eval, y, f0, y_eval, f0_eval, kind: str, seed: int) -
 def recommendation(rep: AnalysisReport) -> Recommendation:
     """What to do, in numbers: candidate groups to add (and the selection with them), LoRA rank, regularization λ,
     number of steps, and the theory's run (:func:`theory_run_numbers`). The ``tangentft train`` command is made
-    by the train layer (:mod:`tangentft.train.recommend`), which turns these numbers into runs."""
+    by the predict layer (:mod:`tangentft.predict.recommend`), which turns these numbers into runs."""
     st = rep.stopping
     krr_sigma = rep.krr["sigma"]
     lam_circ = rep.lambda_circ
@@ -438,7 +438,7 @@ def group_term(group: str) -> str:
 def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
     """Fill the theory's run into ``rec``: the setting the ridge and stopping numbers were derived for, as the
     trainer would run it — gradient descent (SGD, one batch of the n analysed examples) on the mean squared loss,
-    whose step α = 2·lr (see :mod:`tangentft.train.kernel_rule`), T̂ steps, and the pull λ_train = 2λ/(n·K): the
+    whose step α = 2·lr (see :mod:`tangentft.analysis.kernel_rule`), T̂ steps, and the pull λ_train = 2λ/(n·K): the
     analysis's ½‖f − Y‖² + (λ/2)‖θ − θ0‖² divided by n·K/2 is the trainer's mean squared loss plus
     (λ_train/2)‖θ − θ0‖². It is the theory's number, not the recommended run (that one is AdamW, predicted)."""
     from ..models.selection import parse_spec

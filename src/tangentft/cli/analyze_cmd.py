@@ -87,7 +87,7 @@ def analyze(
     from .. import distributed
     from ..device import resolve_device
     from ..io import check_out_dir
-    from ..train.recommend import analyze_and_recommend
+    from ..predict.recommend import analyze_and_recommend
 
     check_out_dir(out)
     distributed.init(resolve_device(device))
@@ -122,7 +122,7 @@ def analyze(
 
 def _against(run_dir: Path, out: Path | None, n: int) -> None:
     from ..errors import TangentError
-    from ..train.against import predict_against
+    from ..predict.against import predict_against
 
     if out is None:
         raise TangentError("analyze --against needs --out")

@@ -167,8 +167,13 @@ def train(
         if main:
             loading.start()
         try:
-            summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step,
-                                   predict=predict, predict_n=predict_n)
+            if predict:
+                from ..predict.launch import train_with_prediction
+
+                summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
+                                                callback=on_step, n=predict_n)
+            else:
+                summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
         finally:
             loading.stop()
             distributed.shutdown()

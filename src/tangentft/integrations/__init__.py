@@ -3,7 +3,7 @@
 rule's step, and a thin wrapper that lets a ``transformers.Trainer`` train a tangentft task model.
 
 These are the pieces ``tangentft train`` uses (``train.regularization.PullToInit``,
-``train.metrics.LinearizationProbe``, ``train.kernel_rule``), packaged for someone else's training loop.
+``train.metrics.LinearizationProbe``, ``analysis.kernel_rule``), packaged for someone else's training loop.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def kernel_rule_step(task_model, selection, examples, *, lr: float, optimizer: s
                      seed: int = 0, max_examples: int = 64) -> int:
     """T̂ of the eNTK early-stopping rule (early-stopping paper §3.5) for training ``selection`` of a tangentft
     task model on ``examples`` — the step ``tangentft train --stop-at kernel-rule`` stops at."""
-    from ..train.kernel_rule import kernel_rule_for_selection
+    from ..analysis.kernel_rule import kernel_rule_for_selection
 
     loss = loss or ("mse" if task_model.spec.kind == "regression" else "ce")
     rule = kernel_rule_for_selection(task_model, selection, examples, optimizer=optimizer, loss=loss, lr=lr, seed=seed,

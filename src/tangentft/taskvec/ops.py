@@ -41,14 +41,12 @@ def _same_task(a: str, b: str) -> bool:
 
 
 def _eval_tasks(runs: list[Run], base: LoadedModel, tasks: Sequence[str] | None, n_eval: int, n_val: int, seed: int) -> list[EvalTask]:
-    from ..train.config import load_config
     from ..train.loop import split_data
 
     out = []
     for path in tasks or [r.task for r in runs]:
         own = next((r for r in runs if _same_task(r.task, path)), None)
-        task = (load_task(path, template=own.spec.template, label_words=own.spec.label_words, columns=own.columns or None)
-                if own else load_task(path))
+        task = own.config.load_task() if own else load_task(path)
         test_pool = next((task.splits[s] for s in ("test", "dev") if s in task.splits), None)
         if not test_pool:
             raise TangentError(f"{path}: no test or dev split to evaluate on")
@@ -57,7 +55,7 @@ def _eval_tasks(runs: list[Run], base: LoadedModel, tasks: Sequence[str] | None,
         used: set[str] = set()
         val: list[Example] = []
         if own is not None:
-            data = split_data(task, load_config(own.path))
+            data = split_data(task, own.config)
             used = {e.uid for e in data.train}
             val = list(data.val)
         if len(val) < n_val:
@@ -141,8 +139,7 @@ def compare(paths: Sequence[str], *, n_kernel: int = 16, seed: int = 0, max_memo
     touched = sorted(set().union(*(v.touched for v in vectors)))
     tasks = []
     for r in runs:
-        pool = load_task(r.task, template=r.spec.template, label_words=r.spec.label_words,
-                         columns=r.columns or None).split("train")
+        pool = r.config.load_task().split("train")
         tasks.append((r.spec, sample_n(pool, min(n_kernel, len(pool)), seed), r.head or None))
     align = kernel_alignment(base, tasks, touched, max_memory=max_memory, progress=progress)
     return {

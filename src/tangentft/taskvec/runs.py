@@ -12,10 +12,11 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..data import Example, TaskSpec, load_task
+from ..data import Example, TaskSpec
 from ..errors import TangentError
 from ..io import load_safetensors
 from ..models.fingerprint import base_weights_fingerprint
@@ -24,6 +25,9 @@ from ..models.task_model import TaskModel
 from ..schemas import AdapterConfig, read_json
 from .sources import from_lora_adapter, from_state_dict
 from .vector import TaskVector, _param_map
+
+if TYPE_CHECKING:
+    from ..train.config import TrainConfig
 
 
 @dataclass
@@ -37,10 +41,10 @@ class Run:
     method: str
     spec: TaskSpec
     recorded_base: str | None
+    config: TrainConfig  # the run's own config: its task is rebuilt from it (TrainConfig.load_task)
     dtype: str = "float32"  # the dtype the run's base was loaded in
     vector: TaskVector | None = None
     head: dict[str, torch.Tensor] = field(default_factory=dict)
-    columns: dict[str, str] = field(default_factory=dict)  # the task's column names (TrainConfig.columns)
 
     @property
     def name(self) -> str:
@@ -53,12 +57,8 @@ def read_run(path: str | Path) -> Run:
 
     path = Path(path)
     cfg, train = load_run_config(path)
-    ts = cfg.task_spec
-    columns = dict(train.columns or {})
-    task = load_task(train.task, template=ts.template, label_words=ts.label_words, columns=columns or None,
-                     **train.task_options())
-    return Run(path, train.model, train.seed, train.task, train.method, task.spec, cfg.base_fingerprint,
-               columns=columns, dtype=train.dtype)
+    return Run(path, train.model, train.seed, train.task, train.method, train.load_task().spec, cfg.base_fingerprint,
+               train, dtype=train.dtype)
 
 
 def _artifact_state(run: Run) -> dict[str, torch.Tensor]:

@@ -14,11 +14,15 @@ import shlex
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TangentError
 from ..schemas import RunConfig, parse, read_json
 from .regularization import OPTIMIZERS, REG_MODES
+
+if TYPE_CHECKING:
+    from ..data import TaskData
+    from ..methods.base import MethodConfig
 
 CONFIG = "config.json"  # a run folder's config, its TrainConfig under "train"
 LOSSES = ("ce", "mse")
@@ -92,7 +96,7 @@ class TrainConfig:
         method = get_method(self.method)
         # stored typed, so a config built from strings (``key=value`` options) equals the one built from values
         self.method_options = method.config_class.coerce_options(self.method, self.method_options)
-        method.config_class.from_options(self.method, {"seed": self.seed, **self.method_options})
+        self.method_config()
         if self.method_options.get("params"):
             parse_spec(str(self.method_options["params"]))  # unknown module types fail before any loading
         from ..device import resolve_dtype
@@ -134,10 +138,23 @@ class TrainConfig:
             warnings.warn(f"lr={self.lr:g} is unusually large for {self.optimizer}: each step moves every trained weight "
                           f"by about lr (usual values are 1e-5 to 1e-2)", stacklevel=4)
 
-    def task_options(self) -> dict:
-        """The keyword arguments of :func:`tangentft.data.load_task` this config fixes."""
-        return {"num_labels": self.num_labels,
-                "score_range": tuple(self.score_range) if self.score_range is not None else None}
+    def load_task(self) -> TaskData:
+        """The run's task exactly as the run trains on it: :func:`tangentft.data.load_task` of ``task`` with this
+        config's template, label words, columns, number of labels and score range. Every place that rebuilds a
+        run (training, prediction, task vectors, the experiments) loads its task here, so they cannot disagree."""
+        from ..data import load_task
+
+        if not self.task:
+            raise TangentError("no task given: the config's task field is empty")
+        return load_task(self.task, template=self.template, label_words=self.label_words,
+                         columns=self.columns or None, num_labels=self.num_labels,
+                         score_range=tuple(self.score_range) if self.score_range is not None else None)
+
+    def method_config(self) -> MethodConfig:
+        """The run's method config: the method's config class built from ``method_options`` and the run's seed."""
+        from ..methods.base import get_method
+
+        return get_method(self.method).config_class.from_options(self.method, {"seed": self.seed, **self.method_options})
 
     @classmethod
     def help(cls, name: str) -> str:

@@ -187,7 +187,7 @@ class Trainer:
         self.total = cfg.max_steps or cfg.epochs * steps_per_epoch
         self.kernel_rule = None
         if cfg.stop_at == "kernel-rule":
-            from .kernel_rule import kernel_rule
+            from ..analysis.kernel_rule import kernel_rule
 
             if distributed.is_main():
                 self.out.mkdir(parents=True, exist_ok=True)

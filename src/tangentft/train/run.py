@@ -19,12 +19,12 @@ from pathlib import Path
 
 from .. import distributed
 from ..adapters.card import write_card
-from ..data import data_fingerprint, load_task
+from ..data import data_fingerprint
 from ..errors import TangentError
 from ..io import check_out_dir, ensure_dir, remove_dir, write_json
 from ..methods.base import get_method
 from ..models.fingerprint import base_weights_fingerprint
-from ..schemas import PredictionRecord, RunConfig, read_json
+from ..schemas import RunConfig, read_json
 from .checkpoint import CHECKPOINT, checkpoint_step
 from .config import CONFIG, TrainConfig, load_config, load_run_config
 from .loop import Trainer, split_data
@@ -107,16 +107,12 @@ def _made(cfg: TrainConfig, summary: dict) -> list[str]:
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
-                 callback: Callable[[int, int, dict], None] | None = None, predict: bool = False,
-                 predict_n: int | None = None) -> dict:
+                 callback: Callable[[int, int, dict], None] | None = None) -> dict:
     """Run (or, with ``resume``, continue) one training run and write its artifacts; returns summary.json's dict.
 
     ``overwrite`` replaces a finished or killed run already in ``out_dir``; without it such a folder is
-    refused. ``resume`` expects ``cfg`` from :func:`resume_config`.
-
-    ``predict``: before training, predict the run's curve from the kernel at θ0 (``prediction.json``, see
-    :mod:`tangentft.train.predict`; ``predict_n`` caps the kernel sample); after it, overlay predicted and real
-    curves in figures/prediction.png and add a predicted-vs-real table to summary.md.
+    refused. ``resume`` expects ``cfg`` from :func:`resume_config`. ``callback(step, total, info)`` is called after
+    every optimizer step. (A run with its predicted curve: :func:`tangentft.predict.launch.train_with_prediction`.)
     """
     from ..models.task_model import build_task_model
 
@@ -125,12 +121,8 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overw
         load_run_config(out)
     elif distributed.is_main():
         check_fresh_out(out, overwrite)
-    method_cls = get_method(cfg.method)
-    method_cfg = method_cls.config_class.from_options(cfg.method, {"seed": cfg.seed, **cfg.method_options})
-    if not cfg.task:
-        raise TangentError("no task given: the config's task field is empty")
-    task = load_task(cfg.task, template=cfg.template, label_words=cfg.label_words, columns=cfg.columns or None,
-                     **cfg.task_options())
+    method_cfg = cfg.method_config()
+    task = cfg.load_task()
     data = split_data(task, cfg)
     task_model = build_task_model(cfg.model, task.spec, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype)
     main = distributed.is_main()  # only rank 0 creates, writes or removes files
@@ -151,17 +143,7 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overw
         elif resume and main and cfg != load_config(out):  # record the extended max_steps/epochs it goes on to
             record = read_json(out / CONFIG, RunConfig).model_dump()
             write_json(out / CONFIG, {**record, "train": cfg.to_json()})
-        prediction = None
-        if predict:
-            from .predict import FILE, predict_run, write_prediction
-
-            if resume and (out / FILE).is_file():
-                prediction = read_json(out / FILE, PredictionRecord).model_dump()
-            else:
-                prediction = predict_run(cfg, n=predict_n)
-                if main:
-                    write_prediction(out, prediction)
-        summary = Trainer(task_model, method_cls(method_cfg), data, cfg, out, callback).fit(resume=continuing)
+        summary = Trainer(task_model, get_method(cfg.method)(method_cfg), data, cfg, out, callback).fit(resume=continuing)
     if main:
         if (out / "adapter" / "adapter_config.json").is_file():
             fingerprint = read_json(out / CONFIG, RunConfig).base_fingerprint
@@ -169,12 +151,4 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overw
                        base_fingerprint=fingerprint, made=_made(cfg, summary))
         plot_run(out / "metrics.jsonl", out / "figures")
         write_summary(out, cfg.to_json(), summary, read_metrics(out / "metrics.jsonl"))
-        if prediction is not None:
-            from ..io import atomic_write
-            from .against import check_run
-
-            cmp, md = check_run(prediction, out, out / "figures")
-            summary["prediction"] = cmp
-            write_json(out / "summary.json", summary)
-            atomic_write(out / "summary.md", (out / "summary.md").read_text() + "\n" + md)
     return summary

@@ -25,8 +25,8 @@ from ..analysis.dynamics import StepPlan, simulate
 from ..data.sampling import epoch_order, sample_n
 from ..errors import TangentError
 from ..io import write_json
-from .config import TrainConfig
-from .schedule import warmup_linear_factor
+from ..train.config import TrainConfig
+from ..train.schedule import warmup_linear_factor
 
 FILE = "prediction.json"
 DEFAULT_N = 256  # kernel examples; a larger training set is represented by this sample (or a Nyström sketch)
@@ -153,8 +153,7 @@ def parameterized_model(cfg: TrainConfig, spec, train: list):
     from ..methods.base import get_method
     from ..models.task_model import build_task_model
 
-    method_cls = get_method(cfg.method)
-    method = method_cls(method_cls.config_class.from_options(cfg.method, {"seed": cfg.seed, **cfg.method_options}))
+    method = get_method(cfg.method)(cfg.method_config())
     tm = build_task_model(cfg.model, spec, seed=cfg.seed)
     method.bind_data(train)
     return method, tm, method.kernel_selection(tm)
@@ -164,14 +163,11 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
                 progress: Callable[[str, int, int], None] | None = None) -> RunKernels:
     """Draw the run's own examples, parameterize a fresh model the way its method will, and compute the kernels
     (see :class:`RunKernels`). ``n`` caps the kernel sample (default: all training examples up to 256)."""
-    from ..data import load_task
     from ..ntk import empirical_ntk_pair
-    from .loop import split_data
+    from ..train.loop import split_data
 
     t0 = time.perf_counter()
-    if not cfg.task:
-        raise TangentError("prediction needs a task (field task)")
-    task = load_task(cfg.task)
+    task = cfg.load_task()
     data = split_data(task, cfg)
     if not data.eval:
         raise TangentError(f"task {task.spec.name}: no dev/test examples to predict an eval curve on")

@@ -37,9 +37,9 @@ def kernel_rule(task_model, method, examples, *, optimizer: str, loss: str, lr: 
 def kernel_rule_for_selection(task_model, selection, examples, *, optimizer: str, loss: str, lr: float, seed: int,
                               max_examples: int = 64) -> dict:
     """The rule's T̂ (and its inputs) for training ``selection`` of ``task_model`` on ``examples``."""
-    from ..analysis.stopping import kernel_stopping_rule
     from ..data import sample_n
     from ..ntk import empirical_ntk
+    from .stopping import kernel_stopping_rule
 
     xs = sample_n(examples, min(max_examples, len(examples)), seed) if len(examples) > max_examples else list(examples)
     if len(xs) < 2:

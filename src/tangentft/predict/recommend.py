@@ -1,7 +1,7 @@
 """An analysis's recommendation as runs of the trainer: the run to launch, its predicted curve, and the theory's run.
 
 :mod:`tangentft.analysis.run` computes the recommendation's numbers (it cannot build a :class:`TrainConfig`:
-analysis sits below train); this module turns them into configs. The run to launch (:func:`recommended_run`) is
+analysis sits below train and predict); this module turns them into configs. The run to launch (:func:`recommended_run`) is
 AdamW on the analysed parameters plus the recommended candidate groups, stopped at the best step its predicted
 curve shows (:func:`predict_recommended`); its command is the report's ``train_command``, the one the report ends
 with. The theory's run (:func:`theory_run`) is the setting the ridge and stopping numbers were derived for —
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.result import AnalysisReport
-from .config import TrainConfig
-from .predict import predict_with, run_kernels
+from ..train.config import TrainConfig
+from .curve import predict_with, run_kernels
 
 RUN_OUT = "runs/recommended"  # the --out the report's commands name; the user picks their own
 THEORY_OUT = "runs/theory"

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import TangentError
 from ..io import atomic_path, atomic_write, format_number
-from .plots import read_metrics
+from ..train.plots import read_metrics
 
 LINEAR_REGIME_RATIO = 0.3  # lin_gap / output_shift above this: the run's f is no longer its linearization
 
@@ -139,10 +139,10 @@ def check_run(prediction: dict, run_dir: Path, fig_dir: Path) -> tuple[dict, str
 def predict_against(run_dir: Path, out_dir: Path, *, n: int | None = None,
                     progress: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict]:
     """Predict the finished run in ``run_dir`` from the kernel at θ0 with its own config
-    (:func:`tangentft.train.predict.predict_run`, ``n`` caps the kernel sample) and compare it with the run:
+    (:func:`tangentft.predict.curve.predict_run`, ``n`` caps the kernel sample) and compare it with the run:
     writes prediction.json, against.md and figures/prediction.png into ``out_dir``; returns (prediction, comparison)."""
-    from .config import load_config
-    from .predict import predict_run, write_prediction
+    from ..train.config import load_config
+    from .curve import predict_run, write_prediction
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "metrics.jsonl").is_file():

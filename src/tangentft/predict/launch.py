@@ -1,0 +1,56 @@
+"""A training run with its predicted curve: predict first (``prediction.json``), train, then compare.
+
+The prediction is computed before the run starts, so a run refused by it (no eval examples, too few training
+examples) leaves no folder behind; it is written into the run folder with the run's first step, so a killed run
+keeps it and its resume compares against the same prediction instead of paying for the kernel again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import distributed
+from ..io import atomic_write, write_json
+from ..schemas import PredictionRecord, read_json
+from ..train.config import TrainConfig, load_run_config
+from ..train.run import check_fresh_out, run_training
+from .against import check_run
+from .curve import FILE, predict_run, write_prediction
+
+
+def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
+                          callback: Callable[[int, int, dict], None] | None = None, n: int | None = None) -> dict:
+    """:func:`tangentft.train.run.run_training` with the run's curve predicted from the kernel at θ0 before it
+    (:func:`tangentft.predict.curve.predict_run`, ``n`` caps the kernel sample; a resumed run reuses its
+    ``prediction.json``) and compared with the real curve after it: figures/prediction.png, a predicted-vs-real
+    section in summary.md and ``prediction`` in summary.json, whose dict it returns."""
+    out = Path(out_dir)
+    main = distributed.is_main()
+    if resume:
+        load_run_config(out)  # not a run: refused before the kernel is paid for
+    elif main:
+        check_fresh_out(out, overwrite)
+    if resume and (out / FILE).is_file():
+        prediction = read_json(out / FILE, PredictionRecord).model_dump()
+    else:
+        prediction = predict_run(cfg, n=n)
+
+    def keep_prediction() -> None:
+        # The run folder exists (and, with overwrite, the old run is gone) once the first step is done.
+        if main and not (out / FILE).is_file():
+            write_prediction(out, prediction)
+
+    def on_step(step: int, total: int, info: dict) -> None:
+        keep_prediction()
+        if callback:
+            callback(step, total, info)
+
+    summary = run_training(cfg, out, resume=resume, overwrite=overwrite, callback=on_step)
+    if main:
+        keep_prediction()
+        cmp, md = check_run(prediction, out, out / "figures")
+        summary["prediction"] = cmp
+        write_json(out / "summary.json", summary)
+        atomic_write(out / "summary.md", (out / "summary.md").read_text() + "\n" + md)
+    return summary
