@@ -503,8 +503,6 @@ def main() -> None:
         old = json.loads(Path(args.out).read_text())
         state["cost"] = state["cost"] or old.get("cost_runs", [])
         state["accuracy"] = state["accuracy"] or old.get("accuracy", [])
-    # TEMP: drop measurements taken before switch times were CPU time; they are measured again
-    state["cost"] = [r for r in state["cost"] if "switch_wall_min_ms" in r["result"]]
     methods = args.methods.split(",")
     parts = args.parts.split(",")
     if "cost" in parts:
