@@ -77,9 +77,11 @@ def _saved_activation_gb(loss_fn, model) -> tuple[float, dict[str, float]]:
     storages: dict[int, int] = {}
 
     def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
+        # a sparse COO tensor (PEFT's SHiRA delta) has no storage of its own: count its indices and values
+        for part in (t._indices(), t._values()) if t.is_sparse else (t,):
+            s = part.untyped_storage()
+            if s.data_ptr() not in params:
+                storages[s.data_ptr()] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -100,7 +102,7 @@ def _saved_activation_gb(loss_fn, model) -> tuple[float, dict[str, float]]:
                 value = getattr(node, attr)
                 tensors += [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if torch.is_tensor(v)]
         for t in tensors:
-            ptr = t.untyped_storage().data_ptr()
+            ptr = (t._values() if t.is_sparse else t).untyped_storage().data_ptr()
             if ptr in storages and ptr not in seen:
                 seen.add(ptr)
                 name = node.name().removesuffix("Backward0").removesuffix("Backward")
