@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tangentft.errors import TangentError
 from tangentft.io import atomic_path, atomic_write, format_number, write_json
 from tangentft.predict.curve import NONLINEAR_RATIO
 from tangentft.predict.launch import train_with_prediction
@@ -58,6 +59,70 @@ CONFIGS = {
 TASKS = ("sst2", "cr", "mr", "cola", "stsb")
 SIZES = ("n_train", "n_eval", "steps", "batch_size", "eval_every", "seed")
 
+# The realistic regime (issue #26 §1): sizes where runs learn. The kernel is taken on a uniform sample of the
+# training examples (``kernel_n``, the same seeded sample the prediction draws), not the RPCholesky sketch: the
+# sketch saves the n×n train block, while the cost here is the gradients of the sample and of the n_eval eval
+# examples the cross-kernel needs. Eval steps fall on 10% and 25% of the run, where the in-run forecasts are taken.
+REALISTIC_SIZES = {
+    "minilm": {"n_train": 1024, "n_eval": 512, "steps": 300, "batch_size": 16, "eval_every": 15, "kernel_n": 256},
+    "smollm2-135m": {"n_train": 512, "n_eval": 256, "steps": 160, "batch_size": 8, "eval_every": 8, "kernel_n": 128},
+}
+FORECAST_FRACTIONS = (0.1, 0.25)
+
+
+def _lr_name(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def _grid(model: str, rows: list[tuple]) -> list[tuple]:
+    """(wave, task or None, conf) entries; a conf's name carries its lr so lr sweeps get their own JSON."""
+    out = []
+    for wave, tasks, name, method, params, lrs, *extra in rows:
+        for lr in lrs:
+            conf = (f"{name} lr{_lr_name(lr)}", method, params, lr, "adamw", *extra)
+            out += [(wave, t, conf) for t in tasks]
+    return out
+
+
+# The realistic grid, in the order it runs: wave 0 is every MiniLM task's four methods at their usual lr (the
+# cheapest informative rows: one per method per task), wave 1 the lr sweep (a decade apart) of MiniLM's LoRA, then
+# SmolLM2's four methods on sst2 and cr and its LoRA lr sweep on sst2, then the rest of MiniLM's 18 configurations
+# per task (the sweep benchmark of issue #21 replays this grid: 6 parameter choices × 3 lrs a decade apart).
+REALISTIC = {
+    "minilm": _grid("minilm", [
+        (0, TASKS, "head", "head", None, (1e-2,)),
+        (0, TASKS, "lora q,v@all+head", "lora", "lora(r=8):q,v@all;head", (1e-3,)),
+        (0, TASKS, "full o@4,5+head", "full", "o@4,5;head", (1e-4,)),
+        (0, TASKS, "s2ft o,down+head", "s2ft", None, (1e-4,), {"types": "o:0.1,down:0.1"}),
+        (1, TASKS, "lora q,v@all+head", "lora", "lora(r=8):q,v@all;head", (1e-4, 1e-2)),
+        (4, TASKS, "full q,v@all+head", "full", "q,v@all;head", (1e-4,)),
+        (4, TASKS, "lora q,v@4,5+head", "lora", "lora(r=8):q,v@4,5;head", (1e-3,)),
+        (4, TASKS, "head", "head", None, (1e-3,)),
+        (4, TASKS, "s2ft o,down+head", "s2ft", None, (1e-3,), {"types": "o:0.1,down:0.1"}),
+        (6, TASKS, "head", "head", None, (1e-1,)),
+        (6, TASKS, "full o@4,5+head", "full", "o@4,5;head", (1e-5, 1e-3)),
+        (6, TASKS, "full q,v@all+head", "full", "q,v@all;head", (1e-5, 1e-3)),
+        (6, TASKS, "lora q,v@4,5+head", "lora", "lora(r=8):q,v@4,5;head", (1e-4, 1e-2)),
+        (6, TASKS, "s2ft o,down+head", "s2ft", None, (1e-5,), {"types": "o:0.1,down:0.1"}),
+    ]),
+    "smollm2-135m": _grid("smollm2-135m", [
+        (2, ("sst2", "cr"), "lora q,v@all", "lora", "lora(r=8):q,v@all", (5e-4,)),
+        (2, ("sst2", "cr"), "full o@29", "full", "o@29", (1e-4,)),
+        (2, ("sst2", "cr"), "full down@15,29", "full", "down@15,29", (5e-5,)),
+        (2, ("sst2", "cr"), "s2ft down budget 460800", "s2ft", None, (1e-4,), {"types": "down", "budget": 460800}),
+        (3, ("sst2",), "lora q,v@all", "lora", "lora(r=8):q,v@all", (5e-5, 5e-3)),
+        (5, ("sst2",), "lora q,v@0,15,29", "lora", "lora(r=8):q,v@0,15,29", (1e-3,)),
+        (5, ("sst2",), "full o@29", "full", "o@29", (1e-5, 1e-3)),
+    ]),
+}
+
+
+def realistic_plan(models: list[str], tasks: list[str]) -> list[tuple[str, str, tuple]]:
+    """(model, task, conf) of the realistic grid in run order: by wave, then task, then the grid's order."""
+    rows = [(wave, TASKS.index(task), i, model, task, conf) for model in models
+            for i, (wave, task, conf) in enumerate(REALISTIC[model]) if task in tasks]
+    return [(m, t, c) for *_, m, t, c in sorted(rows, key=lambda r: r[:3])]
+
 
 def key(model: str, task: str, name: str) -> str:
     return f"{model}__{task}__{name}".replace(" ", "_").replace("@", "").replace(",", "-").replace("+", "_")
@@ -69,43 +134,59 @@ def method_options(conf: tuple) -> dict:
     return {**({"params": params} if params else {}), **(conf[5] if len(conf) > 5 else {})}
 
 
-def run_one(model: str, task: str, conf: tuple, args) -> dict:
+def sizes_for(model: str, args) -> dict:
+    """The run sizes of ``model`` in the harness's regime (cheap: the command-line sizes, kernel on all examples)."""
+    if args.regime == "realistic":
+        return {**REALISTIC_SIZES[model], "seed": args.seed}
+    return {**{k: getattr(args, k) for k in SIZES}, "kernel_n": args.n_train}
+
+
+def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
     name, method, params, lr, optimizer = conf[:5]
     cfg = TrainConfig(model=model, task=str(args.data / task), method=method,
                       method_options=method_options(conf), optimizer=optimizer, lr=lr,
-                      n_train=args.n_train, n_eval=args.n_eval, max_steps=args.steps, batch_size=args.batch_size,
-                      eval_every=args.eval_every, probe_size=16, seed=args.seed)
-    run_dir = RUNS / key(model, task, name)
+                      n_train=sizes["n_train"], n_eval=sizes["n_eval"], max_steps=sizes["steps"],
+                      batch_size=sizes["batch_size"], eval_every=sizes["eval_every"], probe_size=16, seed=sizes["seed"])
+    run_dir = args.runs / key(model, task, name)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run of this harness: start it again
     t0 = time.perf_counter()
-    summary = train_with_prediction(cfg, run_dir, n=args.n_train)
+    summary = train_with_prediction(cfg, run_dir, n=sizes["kernel_n"], **refresh_kwargs(cfg, args))
     wall = time.perf_counter() - t0
     pred = json.loads((run_dir / "prediction.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     predict_s = pred["timings"]["total_s"]
+    refresh_s = sum(r["kernel_s"] for r in pred.get("refreshes", []))
+    train_s = wall - predict_s - refresh_s
     return {
         "model": model, "task": task, "config": name, "method": method, "params": params,
-        "method_options": method_options(conf), "lr": lr,
-        "optimizer": optimizer, "n_train": args.n_train, "n_eval": args.n_eval, "steps": args.steps,
-        "batch_size": args.batch_size, "eval_every": args.eval_every, "seed": args.seed,
+        "method_options": method_options(conf), "lr": lr, "optimizer": optimizer, **sizes,
         "prediction": {k: pred[k] for k in ("steps", "eval_loss", "eval_metric", "metric_name", "best_step",
                                               "best_metric", "metric_interval", "n_for_2_points", "kernel", "n",
                                               "baselines", "warnings", "timings", "lora_a_travel")},
+        "refreshes": pred.get("refreshes", []),
         "real": {"steps": [r["step"] for r in rows], "eval_loss": [r.get("eval_loss") for r in rows],
                  "eval_metric": [r.get("eval_metric") for r in rows], "lin_gap": [r.get("lin_gap") for r in rows],
                  "output_shift": [r.get("output_shift") for r in rows], "theta_dist": [r.get("theta_dist") for r in rows],
+                 "train_loss": [r.get("train_loss") for r in rows], "wall_s": [r.get("wall_s") for r in rows],
                  "train_wall_s": rows[-1]["wall_s"]},
         "comparison": summary["prediction"],
         "predict_s": predict_s,
-        "train_s": wall - predict_s,
-        "time_ratio": predict_s / max(wall - predict_s, 1e-9),
+        "train_s": train_s,
+        "time_ratio": predict_s / max(train_s, 1e-9),
         "probe_eval_mode": True,
     }
 
 
-def _same_sizes(result: dict, args) -> bool:
-    return all(result.get(k) == getattr(args, k) for k in SIZES)
+def refresh_kwargs(cfg: TrainConfig, args) -> dict:
+    """The in-run kernel refreshes the harness asks for: at 10% and 25% of the steps (realistic regime only)."""
+    if args.regime != "realistic" or cfg.method == "s2ft":  # S2FT's kernel is only taken at θ0 (check_refreshable)
+        return {}
+    return {"refresh_steps": [max(1, round(f * cfg.max_steps)) for f in FORECAST_FRACTIONS]}
+
+
+def _same_sizes(result: dict, sizes: dict) -> bool:
+    return all(result.get(k, result.get("n_train") if k == "kernel_n" else None) == v for k, v in sizes.items())
 
 
 def refresh_probe(results: list[dict], args) -> int:
@@ -146,7 +227,7 @@ def refresh_probe(results: list[dict], args) -> int:
         c["baseline_errors"]["linear_probe"] = abs(curve.best_metric - c["real_best"])
         c["beats_baselines"] = all(c["best_error"] < e for e in c["baseline_errors"].values())
         r["probe_eval_mode"] = True
-        write_json(RESULTS / "configs" / f"{key(r['model'], r['task'], r['config'])}.json", r)
+        write_json(args.results / "configs" / f"{key(r['model'], r['task'], r['config'])}.json", r)
     return len(todo)
 
 
@@ -309,7 +390,7 @@ def table(summary: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(results: list[dict], summary: dict) -> None:
+def figures(results: list[dict], summary: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,7 +409,7 @@ def figures(results: list[dict], summary: dict) -> None:
     ax.set_ylabel("predicted best accuracy")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(RESULTS / "scatter.png") as tmp:
+    with atomic_path(out / "scatter.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
@@ -346,13 +427,16 @@ def figures(results: list[dict], summary: dict) -> None:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=6)
     fig.tight_layout()
-    with atomic_path(RESULTS / "curves.png") as tmp:
+    with atomic_path(out / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--regime", choices=("cheap", "realistic"), default="cheap",
+                   help="cheap: the sizes below, 5 configurations per model × task; realistic: REALISTIC_SIZES and "
+                        "the REALISTIC grid (issue #26), results in predict_vs_real_realistic/.")
     p.add_argument("--models", default="minilm,smollm2-135m")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--data", type=Path, default=DATA)
@@ -363,28 +447,43 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="Run at most this many new configurations, then report.")
     p.add_argument("--report-only", action="store_true", help="Only rebuild the tables and figures from the cache.")
     p.add_argument("--refresh-probe", action="store_true",
                    help="Recompute the probe baseline of cached results from before it was taken in eval mode.")
     args = p.parse_args()
-    (RESULTS / "configs").mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.regime == "cheap" else f"_{args.regime}"
+    args.results, args.runs = Path(f"{RESULTS}{suffix}"), Path(f"{RUNS}{suffix}")
+    (args.results / "configs").mkdir(parents=True, exist_ok=True)
     models, tasks = args.models.split(","), args.tasks.split(",")
-    if not args.report_only:
+    if args.regime == "realistic":
+        plan = realistic_plan(models, tasks)
+    else:
         # Task-major, models interleaved: a partial harness already compares both models on the first tasks.
-        for task in tasks:
-            for model in models:
-                for conf in CONFIGS[model]:
-                    path = RESULTS / "configs" / f"{key(model, task, conf[0])}.json"
-                    if path.is_file() and _same_sizes(json.loads(path.read_text()), args):
-                        continue
-                    t = time.perf_counter()
-                    res = run_one(model, task, conf, args)
-                    write_json(path, res)
-                    c = res["comparison"]
-                    print(f"{model} {task} {conf[0]}: predicted {c['predicted_best']:.3f} real {c['real_best']:.3f} "
-                          f"({time.perf_counter() - t:.0f} s)", flush=True)
-    results = [json.loads(f.read_text()) for f in sorted((RESULTS / "configs").glob("*.json"))]
-    results = [r for r in results if r["model"] in models and r["task"] in tasks and _same_sizes(r, args)]
+        plan = [(model, task, conf) for task in tasks for model in models for conf in CONFIGS[model]]
+    if not args.report_only:
+        done = 0
+        for model, task, conf in plan:
+            if args.limit is not None and done >= args.limit:
+                break
+            path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
+            sizes = sizes_for(model, args)
+            if path.is_file() and _same_sizes(json.loads(path.read_text()), sizes):
+                continue
+            t = time.perf_counter()
+            try:
+                res = run_one(model, task, conf, sizes, args)
+            except TangentError as e:  # one configuration refused (e.g. no eval split): the rest still run
+                print(f"{model} {task} {conf[0]}: error: {e}", flush=True)
+                continue
+            write_json(path, res)
+            done += 1
+            c = res["comparison"]
+            print(f"{model} {task} {conf[0]}: predicted {c['predicted_best']:.3f} real {c['real_best']:.3f} "
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+    results = [json.loads(f.read_text()) for f in sorted((args.results / "configs").glob("*.json"))]
+    results = [r for r in results if r["model"] in models and r["task"] in tasks
+               and _same_sizes(r, sizes_for(r["model"], args))]
     if args.refresh_probe:
         print(f"refreshed the probe baseline of {refresh_probe(results, args)} results", flush=True)
     backfill_lora_a_travel(results, args)
@@ -392,9 +491,9 @@ def main() -> None:
         print("no results yet")
         return
     summary = summarize(results)
-    write_json(RESULTS / "summary.json", summary)
-    atomic_write(RESULTS / "README.md", table(summary, args))
-    figures(results, summary)
+    write_json(args.results / "summary.json", summary)
+    atomic_write(args.results / "README.md", table(summary, args))
+    figures(results, summary, args.results)
     print(json.dumps(summary["targets"], indent=1))
 
 

@@ -95,7 +95,8 @@ def comparison_markdown(prediction: dict, cmp: dict) -> str:
 
 
 def plot_overlay(prediction: dict, rows: list[dict], path: Path) -> Path:
-    """``prediction.png``: predicted vs real eval loss and metric against step (interval as a band at the best)."""
+    """``prediction.png``: predicted vs real eval loss and metric against step (interval as a band at the best),
+    with the forecast of every kernel refresh (``refreshes``) overlaid from its step on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +112,8 @@ def plot_overlay(prediction: dict, rows: list[dict], path: Path) -> Path:
     ax1.legend()
     ax2.plot(prediction["steps"], prediction["eval_metric"], "--", marker=".", label=f"predicted ({prediction['kernel']})")
     ax2.plot([r["step"] for r in real], [r["eval_metric"] for r in real], marker="o", label="real")
+    for r in prediction.get("refreshes", []):
+        ax2.plot(r["steps"], r["eval_metric"], ":", marker=".", ms=3, label=f"refresh at step {r['step']}")
     lo, hi = prediction["metric_interval"]
     ax2.axhspan(lo, hi, alpha=0.15, label="interval of predicted best")
     for key, style in (("zero_shot", ":"), ("linear_probe", "-.")):
