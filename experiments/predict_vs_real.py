@@ -182,7 +182,7 @@ def refresh_kwargs(cfg: TrainConfig, args) -> dict:
     """The in-run kernel refreshes the harness asks for: at 10% and 25% of the steps (realistic regime only)."""
     if args.regime != "realistic" or cfg.method == "s2ft":  # S2FT's kernel is only taken at θ0 (check_refreshable)
         return {}
-    return {"refresh_steps": [max(1, round(f * cfg.max_steps)) for f in FORECAST_FRACTIONS]}
+    return {"refresh": [max(1, round(f * cfg.max_steps)) for f in FORECAST_FRACTIONS]}
 
 
 def _same_sizes(result: dict, sizes: dict) -> bool:

@@ -109,6 +109,9 @@ def train(
     predict: bool = typer.Option(False, "--predict", help="Predict the run's curve from the kernel at θ0 first "
                                  "(prediction.json), then compare with the real run (figures, summary.md)."),
     predict_n: int = typer.Option(None, "--predict-n", help="Kernel examples for --predict (default: up to 256)."),
+    refresh: int = typer.Option(None, "--refresh", help="With --predict: every this many steps (at the next eval "
+                                "step), re-take the kernel at the trained weights on the same kernel sample and "
+                                "re-forecast the rest of the run (prediction.json 'refreshes')."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (refused if it holds a run, unless --overwrite)."),
 ) -> None:
     """Fine-tune and record metrics.jsonl, checkpoints, the trained weights/adapter, figures and summary.md.
@@ -154,6 +157,8 @@ def train(
             dtype=dtype, grad_checkpointing=grad_checkpointing,
         )
         out_dir = out
+    if refresh is not None and not predict:
+        raise TangentError("--refresh re-forecasts a predicted run: add --predict")
     main = distributed.is_main()
     # The bar starts with the first step: a run refused while loading prints its one error line only.
     loading = err_console.status(f"{cfg.method}: loading model and data")
@@ -171,7 +176,7 @@ def train(
                 from ..predict.launch import train_with_prediction
 
                 summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
-                                                callback=on_step, n=predict_n)
+                                                callback=on_step, n=predict_n, refresh=refresh)
             else:
                 summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
         finally:

@@ -21,18 +21,19 @@ from .curve import FILE, predict_run, write_prediction
 
 def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
                           callback: Callable[[int, int, dict], None] | None = None, n: int | None = None,
-                          refresh_steps: Sequence[int] = ()) -> dict:
+                          refresh: int | Sequence[int] | None = None) -> dict:
     """:func:`tangentft.train.run.run_training` with the run's curve predicted from the kernel at θ0 before it
     (:func:`tangentft.predict.curve.predict_run`, ``n`` caps the kernel sample; a resumed run reuses its
     ``prediction.json``) and compared with the real curve after it: figures/prediction.png, a predicted-vs-real
     section in summary.md and ``prediction`` in summary.json, whose dict it returns.
 
-    ``refresh_steps``: at the first eval step at or after each, the kernel is re-taken at θ_t on the same kernel
-    sample and the rest of the run re-forecast from f_t (:func:`tangentft.predict.refresh.refresh`); each refresh
-    is appended to ``refreshes`` in prediction.json as it happens and overlaid in the figure."""
+    ``refresh``: every that many steps, or at the given steps — at the first eval step at or after each, the kernel
+    is re-taken at θ_t on the same kernel sample and the rest of the run re-forecast from f_t
+    (:func:`tangentft.predict.refresh.refresh`); each refresh is appended to ``refreshes`` in prediction.json as it
+    happens and overlaid in the figure."""
     out = Path(out_dir)
     main = distributed.is_main()
-    if refresh_steps:
+    if refresh is not None:
         from .refresh import check_refreshable
 
         check_refreshable(cfg)
@@ -51,18 +52,19 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
             write_prediction(out, prediction)
 
     schedule = None
-    if refresh_steps:
-        from .refresh import RefreshSchedule
+    if refresh is not None:
+        from .refresh import RefreshSchedule, refresh_steps
 
-        done = {r["step"] for r in prediction.get("refreshes", [])}
-        schedule = RefreshSchedule(cfg, prediction["n_train"], [s for s in refresh_steps if s not in done])
+        steps = refresh_steps(cfg, prediction["n_train"], refresh) if isinstance(refresh, int) else refresh
+        done = max((r["step"] for r in prediction.get("refreshes", [])), default=-1)  # a resumed run's refreshes
+        schedule = RefreshSchedule(cfg, prediction["n_train"], [s for s in steps if s > done])
 
     def on_step(step: int, total: int, info: dict) -> None:
         keep_prediction()
         if main and schedule is not None and schedule.due(step):
-            from .refresh import refresh
+            from .refresh import refresh as refresh_now
 
-            prediction.setdefault("refreshes", []).append(refresh(cfg, out, n=prediction["n"]))
+            prediction.setdefault("refreshes", []).append(refresh_now(cfg, out, n=prediction["n"]))
             write_prediction(out, prediction)
         if callback:
             callback(step, total, info)
