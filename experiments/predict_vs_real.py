@@ -255,6 +255,43 @@ def backfill_lora_a_travel(results: list[dict], args) -> None:
         r["prediction"]["lora_a_travel"] = lora_a_travel(cfg, step_plan(cfg, r["n_train"]), rms)
 
 
+def forecasts_at(r: dict, step: int) -> dict:
+    """Every forecast of a cached result made with its real curve up to ``step`` (an eval step), scored against the
+    real run: the θ0 prediction anchored on the partial curve and the kernel refresh at ``step`` (when the run had
+    one there) through :func:`tangentft.predict.forecast.forecast`, and the power-law and exponential
+    extrapolations of the partial curve alone. Recomputable from the cached JSON: no model is loaded."""
+    from tangentft.predict.forecast import extrapolate, forecast
+
+    real = r["real"]
+    rows = [{"step": s, "eval_metric": m} for s, m in zip(real["steps"], real["eval_metric"], strict=True)
+            if m is not None]
+    seen = [x for x in rows if x["step"] <= step]
+    vals = [x["eval_metric"] for x in rows]
+    best_i = int(np.argmax(vals))
+    out = {"step": step, "real_final": vals[-1], "real_best": vals[best_i], "real_best_step": rows[best_i]["step"],
+           "methods": {}}
+    name = r["prediction"]["metric_name"]
+    pred = {**r["prediction"], "n_eval": r["n_eval"]}
+    sources = {"kernel θ0 (anchored)": pred}
+    for ref in r.get("refreshes", []):
+        if ref["step"] == step:
+            sources["kernel refresh"] = {**ref, "n_eval": r["n_eval"]}
+    for label, source in sources.items():
+        f = forecast(seen, source)
+        out["methods"][label] = {k: f[k] for k in ("final", "final_interval", "best", "best_step", "best_interval")}
+    for family in ("power", "exp"):
+        e = extrapolate(seen, [x["step"] for x in rows], family, metric_name=name)
+        out["methods"][family] = {"final": e["final"], "best": e["best"], "best_step": e["best_step"],
+                                  "fitted": e["fitted"]}
+    for m in out["methods"].values():
+        m["final_error"] = abs(m["final"] - out["real_final"])
+        m["best_error"] = abs(m["best"] - out["real_best"])
+        if "final_interval" in m:
+            m["final_covered"] = bool(m["final_interval"][0] <= out["real_final"] <= m["final_interval"][1])
+            m["best_covered"] = bool(m["best_interval"][0] <= out["real_best"] <= m["best_interval"][1])
+    return out
+
+
 def spearman(a, b) -> float | None:
     from scipy.stats import spearmanr
 
