@@ -13,7 +13,7 @@ assumed (``experiments/predict_vs_real.py`` reports the coverage).
 
 :func:`extrapolate` is the learning-curve extrapolation baseline that sees only the partial curve: a power law
 m(s) = a − b·(s+1)^(−c) or an exponential m(s) = a − b·e^(−c·s/t) fitted by least squares (two of the parametric
-families of Domhan et al. 2015, §3).
+families of Domhan et al. 2015).
 """
 
 from __future__ import annotations
