@@ -570,6 +570,8 @@ def figures(results: list[dict], summary: dict, out: Path) -> None:
         p, real = r["prediction"], r["real"]
         ax.plot(p["steps"], p["eval_metric"], "--", marker=".", label="predicted")
         ax.plot(real["steps"], real["eval_metric"], marker="o", ms=3, label="real")
+        for ref in r.get("refreshes", []):
+            ax.plot(ref["steps"], ref["eval_metric"], ":", lw=1, label=f"refresh at {ref['step']}")
         ax.axhline(p["baselines"]["zero_shot"], ls=":", color="gray", lw=1)
         ax.set_title(f"{r['model'][:7]} {r['task']} {r['config']}", fontsize=7)
         ax.tick_params(labelsize=6)
