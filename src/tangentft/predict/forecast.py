@@ -19,6 +19,7 @@ families of Domhan et al. 2015).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,7 +103,7 @@ def extrapolate(rows: Sequence[dict], eval_steps: Sequence[int], family: str, *,
     docstring) to the observed (step, eval_metric) and read it at the remaining ``eval_steps``. Fewer than 3
     observed evals, or a fit that fails, forecast the last observed value flat. Returns ``final``, ``best``,
     ``best_step`` and ``fitted`` (whether the fit was used)."""
-    from scipy.optimize import curve_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     obs = _observed(rows)
     t = obs[-1][0]
@@ -115,8 +116,10 @@ def extrapolate(rows: Sequence[dict], eval_steps: Sequence[int], family: str, *,
         f = _family(family, max(t, 1.0))
         try:
             p0 = (v[-1], v[-1] - v[0], 0.5 if family == "power" else 1.0)
-            params, _ = curve_fit(f, s, v, p0=p0, bounds=([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 10.0]),
-                                  maxfev=5000)
+            with warnings.catch_warnings():  # three points fit three parameters exactly: no covariance, no matter
+                warnings.simplefilter("ignore", OptimizeWarning)
+                params, _ = curve_fit(f, s, v, p0=p0, bounds=([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 10.0]),
+                                      maxfev=5000)
             pred = f(future, *params)
             fitted = bool(np.isfinite(pred).all())
             if not fitted:
