@@ -432,15 +432,28 @@ def issue_targets(rows: list[dict]) -> dict:
     return out
 
 
+def sizes_line(args) -> str:
+    """The regime's sizes, for the report's first paragraph."""
+    if args.regime == "realistic":
+        return "Sizes (realistic regime): " + "; ".join(
+            f"{m}: n_train = {z['n_train']}, n_eval = {z['n_eval']}, {z['steps']} optimizer steps of batch "
+            f"{z['batch_size']}, eval every {z['eval_every']} steps, kernel on a uniform sample of {z['kernel_n']} "
+            "training examples (not the RPCholesky sketch)" for m, z in REALISTIC_SIZES.items()) + f"; seed {args.seed}."
+    return (f"Sizes: n_train = {args.n_train} (the kernel sample is the whole training sample), n_eval = "
+            f"{args.n_eval}, {args.steps} optimizer steps of batch {args.batch_size}, eval every {args.eval_every} "
+            f"steps, seed {args.seed}.")
+
+
 def table(summary: dict, args) -> str:
     f = format_number
     t = summary["targets"]
     lines = [
         "# Predicted vs real fine-tuning (experiments/predict_vs_real.py)", "",
-        f"Sizes: n_train = {args.n_train} (the kernel sample is the whole training sample), n_eval = {args.n_eval}, "
-        f"{args.steps} optimizer steps of batch {args.batch_size}, eval every {args.eval_every} steps, seed {args.seed}. "
-        "CPU, shared 2-core machine, one thread. AdamW runs are predicted through the SignGD kernel, SGD runs "
-        "through the eNTK. Metric: accuracy (Pearson r for stsb).", "",
+        sizes_line(args) + " CPU, shared 2-core machine"
+        + (" (load average 17–21 from other jobs while it ran)" if args.regime == "realistic" else "")
+        + ", one thread. "
+        "AdamW runs are predicted through the SignGD kernel, SGD runs through the eNTK. Metric: accuracy "
+        "(Pearson r for stsb).", "",
         "| model | task | config | kernel | predicted [interval] | real | error | best step pred/real | curve MAE "
         "| zero-shot | probe | majority | ≤ ½ best baseline | flagged before the run (A travel) "
         "| left linear regime (lin_gap/shift) | n for 2 pts | time ratio |",
@@ -476,15 +489,16 @@ def table(summary: dict, args) -> str:
             n = t.get(f"accuracy_configs_{k.removeprefix('mean_abs_error_pts_')}")
             lines.append(f"| {k} | {f(v)} pts{'' if n is None else f' ({n} configs)'} |")
     left = [f"{r['model']}/{r['task']}/{r['config']}" for r in summary["rows"] if r["left_linear_regime"]]
+    n_eval = min(REALISTIC_SIZES[m]["n_eval"] for m in REALISTIC_SIZES) if args.regime == "realistic" else args.n_eval
     lines += ["", "## Reading the numbers", "",
-              f"- One eval example is {100 / args.n_eval:.2g} accuracy points (n_eval = {args.n_eval}): errors at or "
+              f"- One eval example is {100 / n_eval:.2g} accuracy points (n_eval = {n_eval}): errors at or "
               "below that are at the eval set's resolution, and so are the baselines' errors they are compared with.",
               f"- Runs that left the linear regime (lin_gap > 0.3 × output shift at the last step): "
               f"{', '.join(left) if left else 'none'}.",
               "- Time ratio = prediction wall time (model load, kernel pass over n_train + n_eval examples — SignGD "
               "blocks materialized —, outputs, probe features, replays) ÷ the fine-tune's wall time. The kernel pass is "
-              "a fixed cost comparable to a few epochs over these few examples, so at the harness's tiny runs "
-              f"({args.steps} steps) the ratio is far above 1/10; it falls in proportion to the run's length.",
+              "a fixed cost comparable to a few epochs over these few examples, so at the cheap regime's tiny runs "
+              "(24 steps) the ratio is far above 1/10; it falls in proportion to the run's length.",
               f"- Flagged before the run: LoRA under AdamW whose A factors can travel more than {NONLINEAR_RATIO}× "
               "their initial RMS (Σ lr over the schedule ÷ RMS(A0); Adam moves each entry by about lr per step). At "
               "θ0 B = 0, so the kernel holds ΔB·A0 but not B·ΔA, whose relative size is that ratio.",
@@ -537,6 +551,19 @@ def targets_table(summary: dict, partial: str | None = None) -> list[str]:
                     txt += f"; beats both baselines {h['beats_both_baselines']} of {h['rows']}"
                 return txt + f" ({h['rows']} rows)"
             lines.append(f"| at {at}: {m} — RMSE (≤ 1.5 pts at 10%) | {both(cell)} |")
+    names = ("kernel refresh", "kernel θ0 (anchored)", "power", "exp")
+    lines += ["", "Per row: forecast of the final metric [80% interval] at 10% / 25% of the run, against the real final.",
+              "", "| model | task | config | gain | at | " + " | ".join(names) + " | real final |",
+              "|---|---|---|---|---|" + "---|" * (len(names) + 1)]
+    for r in summary["rows"]:
+        for at, fc in r["forecasts"].items():
+            cells = []
+            for m in names:
+                h = fc["methods"].get(m)
+                iv = f" [{f(h['final_interval'][0])}, {f(h['final_interval'][1])}]" if h and "final_interval" in h else ""
+                cells.append(f"{f(h['final'])}{iv}" if h else "–")
+            lines.append(f"| {r['model']} | {r['task']} | {r['config']} | {f(r['gain'])} | {at} (step {fc['step']}) | "
+                         + " | ".join(cells) + f" | {f(fc['real_final'])} |")
     return lines
 
 
@@ -615,6 +642,7 @@ def main() -> None:
         plan = [(model, task, conf) for task in tasks for model in models for conf in CONFIGS[model]]
     if not args.report_only:
         done = 0
+        args.refresh_probe = False  # a one-off repair, done by the final report only
         for model, task, conf in plan:
             if args.limit is not None and done >= args.limit:
                 break
@@ -630,9 +658,17 @@ def main() -> None:
                 continue
             write_json(path, res)
             done += 1
+            report(args, models, tasks)
             c = res["comparison"]
             print(f"{model} {task} {conf[0]}: predicted {c['predicted_best']:.3f} real {c['real_best']:.3f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
+    report(args, models, tasks)
+    print(f"report: {args.results.relative_to(ROOT) / 'README.md'}", flush=True)
+
+
+def report(args, models: list[str], tasks: list[str]) -> None:
+    """summary.json, README.md, scatter.png and curves.png from the cached results (after every new row, so a
+    partial harness always has its table)."""
     results = [json.loads(f.read_text()) for f in sorted((args.results / "configs").glob("*.json"))]
     results = [r for r in results if r["model"] in models and r["task"] in tasks
                and _same_sizes(r, sizes_for(r["model"], args))]
@@ -650,7 +686,6 @@ def main() -> None:
         partial = f"partial: {len(results)} of {total} rows" if len(results) < total else f"{total} rows"
     atomic_write(args.results / "README.md", table(summary, args) + "\n".join(targets_table(summary, partial)) + "\n")
     figures(results, summary, args.results)
-    print(json.dumps(summary["targets"], indent=1))
 
 
 if __name__ == "__main__":
