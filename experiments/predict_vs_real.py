@@ -522,10 +522,10 @@ def targets_table(summary: dict, partial: str | None = None) -> list[str]:
     a, b = it["learned"], it["not_learned"]
 
     def both(fn) -> str:
-        return f"{fn(a)} | {fn(b)}"
+        return " | ".join(str(fn(g)) if g["rows"] else f"not yet measured ({partial or 'no rows'})" for g in (a, b))
 
     lines += [
-        f"| rows | {both(lambda g: g['rows'])} |",
+        f"| rows | {a['rows']} | {b['rows']} |",
         f"| RMSE of the best metric before training (≤ 3 pts) | {both(lambda g: f(g['rmse_best_before_pts']))} |",
         f"| Spearman ≥ 0.8 across a model × task's configurations (≥ 5 of 7 pairs) | "
         f"{both(lambda g: str(g['spearman_ge_0.8_pairs']) + ' of ' + str(g['pairs_with_spearman']))} |",
