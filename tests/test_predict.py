@@ -104,6 +104,7 @@ def test_cli_train_predict_and_analyze_against(tmp_path, data_dir):
     assert pred["eval_loss"][0] == pytest.approx(rows[0]["eval_loss"], rel=1e-4)
     assert (run / "figures" / "prediction.png").is_file()
     assert "Predicted vs real" in (run / "summary.md").read_text()
+    assert "| 4 |" in (run / "summary.md").read_text().split("Kernel refreshes")[1]
     res = CliRunner().invoke(app, ["analyze", "--against", str(run), "--n", "8", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "a" / "prediction.json").read_text())

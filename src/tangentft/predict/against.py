@@ -90,6 +90,17 @@ def comparison_markdown(prediction: dict, cmp: dict) -> str:
                      f"{format_number(cmp['output_shift'])} — "
                      + ("the run LEFT the linear regime the prediction assumes." if cmp["left_linear_regime"]
                         else "the run stayed close to its linearization."))
+    refreshes = prediction.get("refreshes", [])
+    if refreshes:
+        f = format_number
+        lines += ["", f"Kernel refreshes (kernel re-taken at θ_t, the rest replayed from f_t; real final {name} "
+                  f"{f(cmp['real_metric'][-1])}, best {f(cmp['real_best'])} at step {cmp['real_best_step']}):", "",
+                  f"| at step | cost (s) | forecast best {name} [interval] (step) | forecast final {name} [interval] |",
+                  "|---|---|---|---|"]
+        for r in refreshes:
+            (blo, bhi), (flo, fhi) = r["metric_interval"], r["final_interval"]
+            lines.append(f"| {r['step']} | {f(r['kernel_s'])} | {f(r['best_metric'])} [{f(blo)}, {f(bhi)}] "
+                         f"({r['best_step']}) | {f(r['final_metric'])} [{f(flo)}, {f(fhi)}] |")
     lines += [f"- {w}" for w in prediction.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
