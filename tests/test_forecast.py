@@ -76,6 +76,9 @@ def test_forecast_anchors_the_prediction_on_the_observed_curve():
     assert (g["final"], g["best"], g["best_step"]) == (0.85, 0.85, 40)
     with pytest.raises(TangentError, match="evaluated row"):
         forecast([{"step": 0}], prediction)
+    with pytest.raises(TangentError, match="level"):
+        forecast(rows, prediction, level=1.5)
+    assert forecast(rows, prediction, level=0.95)["final_interval"][0] < lo  # wider at a higher level
 
 
 @pytest.mark.parametrize("family,curve", [("power", lambda s: 0.9 - 0.4 * (s + 1.0) ** -0.7),

@@ -27,10 +27,16 @@ import numpy as np
 from ..errors import TangentError
 
 LEVEL = 0.8
-Z = {0.8: 1.2816, 0.95: 1.96}  # two-sided normal quantiles
 PREDICTION_LEVEL = 0.95  # prediction.json's intervals are 2.5–97.5 percentiles
 ANCHOR_EVALS = 3  # observed evals whose mean offset anchors the predicted curve
 FAMILIES = ("power", "exp")
+
+
+def _z(level: float) -> float:
+    """The two-sided normal quantile of a central interval at ``level``."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
 
 
 def _observed(rows: Sequence[dict]) -> list[tuple[int, float]]:
@@ -68,13 +74,15 @@ def forecast(rows: Sequence[dict], prediction: dict, *, n_eval: int | None = Non
     f_best_step, f_best = max(future, key=lambda o: (o[1], -o[0])) if future else (obs_best_step, obs_best)
     best, best_step = (f_best, f_best_step) if f_best > obs_best else (obs_best, obs_best_step)
 
-    z = Z[level]
+    if not 0 < level < 1:
+        raise TangentError(f"interval level must be in (0, 1), got {level}")
+    z = _z(level)
     if not future:  # nothing left to forecast: the observed values themselves
         return {"at_step": t, "final": last_value, "final_interval": [last_value, last_value], "best": obs_best,
                 "best_step": obs_best_step, "best_interval": [obs_best, obs_best], "level": level, "offset": offset}
     # The prediction's own spread, its shape error on the observed part, and the eval set's sampling noise.
     pi = prediction.get("final_interval") or prediction.get("metric_interval") or [final, final]
-    s_pred = (float(pi[1]) - float(pi[0])) / (2 * Z[PREDICTION_LEVEL]) if None not in pi else 0.0
+    s_pred = (float(pi[1]) - float(pi[0])) / (2 * _z(PREDICTION_LEVEL)) if None not in pi else 0.0
     s_shape = float(np.std(residuals, ddof=1)) if len(residuals) >= 3 else 0.0
     m = n_eval or prediction.get("n_eval")
     s_eval = math.sqrt(max(final * (1 - final), 0.0) / m) if name == "accuracy" and m else 0.0
