@@ -124,6 +124,10 @@ def train(
     from ..errors import TangentError
     from ..train.run import resume_config, run_training
 
+    if predict_n is not None and not predict:
+        raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
+    if refresh is not None and not predict:
+        raise TangentError("--refresh re-forecasts a predicted run; add --predict (or drop --refresh)")
     scores = task_options(num_labels, score_range)["score_range"]
     scores = list(scores) if scores else None
     if resume is not None:
@@ -157,8 +161,6 @@ def train(
             dtype=dtype, grad_checkpointing=grad_checkpointing,
         )
         out_dir = out
-    if refresh is not None and not predict:
-        raise TangentError("--refresh re-forecasts a predicted run: add --predict")
     main = distributed.is_main()
     # The bar starts with the first step: a run refused while loading prints its one error line only.
     loading = err_console.status(f"{cfg.method}: loading model and data")
@@ -175,8 +177,19 @@ def train(
             if predict:
                 from ..predict.launch import train_with_prediction
 
+                # AdamW's curve comes from the SignGD kernel ⟨∇f(x), sign ∇f(x')⟩: the sign needs every example's
+                # gradient materialized (no Gram shortcut) and both triangles, so it costs several times the eNTK
+                # analyze computes for the same parameters.
+                kernel = ("SignGD kernel (AdamW; materializes every example's gradient)" if cfg.optimizer == "adamw"
+                          else "eNTK (SGD)")
+
+                def on_kernel(stage: str, done: int, total: int) -> None:
+                    loading.stop()
+                    update("predict", done, total, description=f"predicting the curve: {stage} passes, {kernel}")
+
                 summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
-                                                callback=on_step, n=predict_n, refresh=refresh)
+                                                callback=on_step, n=predict_n, refresh=refresh,
+                                                progress=on_kernel)
             else:
                 summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
         finally:
@@ -186,9 +199,10 @@ def train(
         return
     last = summary.get("last") or {}
     name = last.get("eval_metric_name", "metric")
+    evaluated = (f"eval_loss {last['eval_loss']:.4f}  {name} {last['eval_metric']:.4f}"
+                 if last.get("eval_loss") is not None else "no eval examples")
     console.print(
-        f"[bold]{cfg.method}[/] {summary['steps']} steps  eval_loss {last.get('eval_loss', float('nan')):.4f}  "
-        f"{name} {last.get('eval_metric', float('nan')):.4f}  ‖θ−θ0‖ {last.get('theta_dist', 0):.4g}  "
+        f"[bold]{cfg.method}[/] {summary['steps']} steps  {evaluated}  ‖θ−θ0‖ {last.get('theta_dist', 0):.4g}  "
         f"lin_gap {last.get('lin_gap', 0):.4g}  → {out_dir}",
         highlight=False,
     )

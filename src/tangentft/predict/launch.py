@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import distributed
+from ..errors import TangentError
 from ..io import atomic_write, write_json
 from ..schemas import PredictionRecord, read_json
 from ..train.config import TrainConfig, load_run_config
@@ -21,11 +22,13 @@ from .curve import FILE, predict_run, write_prediction
 
 def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
                           callback: Callable[[int, int, dict], None] | None = None, n: int | None = None,
-                          refresh: int | Sequence[int] | None = None) -> dict:
+                          refresh: int | Sequence[int] | None = None,
+                          progress: Callable[[str, int, int], None] | None = None) -> dict:
     """:func:`tangentft.train.run.run_training` with the run's curve predicted from the kernel at θ0 before it
     (:func:`tangentft.predict.curve.predict_run`, ``n`` caps the kernel sample; a resumed run reuses its
     ``prediction.json``) and compared with the real curve after it: figures/prediction.png, a predicted-vs-real
-    section in summary.md and ``prediction`` in summary.json, whose dict it returns.
+    section in summary.md and ``prediction`` in summary.json, whose dict it returns. ``progress(stage, done, total)``
+    follows the prediction's kernel passes.
 
     ``refresh``: every that many steps, or at the given steps — at the first eval step at or after each, the kernel
     is re-taken at θ_t on the same kernel sample and the rest of the run re-forecast from f_t
@@ -37,6 +40,8 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
         from .refresh import check_refreshable
 
         check_refreshable(cfg)
+        if isinstance(refresh, int) and refresh < 1:  # refused before the kernel is paid for
+            raise TangentError(f"refresh interval must be a positive number of steps, got {refresh}")
     if resume:
         load_run_config(out)  # not a run: refused before the kernel is paid for
     elif main:
@@ -44,7 +49,7 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
     if resume and (out / FILE).is_file():
         prediction = read_json(out / FILE, PredictionRecord).model_dump()
     else:
-        prediction = predict_run(cfg, n=n)
+        prediction = predict_run(cfg, n=n, progress=progress)
 
     def keep_prediction() -> None:
         # The run folder exists (and, with overwrite, the old run is gone) once the first step is done.
