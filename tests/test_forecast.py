@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from tangentft.errors import TangentError
-from tangentft.predict.curve import parameterized_model, predict_with, run_kernels
+from tangentft.predict.curve import check_refreshable, parameterized_model, predict_with, run_kernels
 from tangentft.predict.forecast import extrapolate, forecast
 from tangentft.predict.refresh import (
     RefreshSchedule,
-    check_refreshable,
     forecast_from,
     refresh,
     refresh_steps,

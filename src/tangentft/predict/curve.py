@@ -169,15 +169,21 @@ def parameterized_model(cfg: TrainConfig, spec, train: list):
     return method, tm, method.kernel_selection(tm)
 
 
-def load_trained_state(cfg: TrainConfig, method, task_model, state: dict) -> None:
-    """Put a run's trained tensors (a checkpoint's ``model_state``) into the model :func:`parameterized_model`
-    built, so its kernel is the one at θ_t. Refused for a method whose kernel is taken on the un-adapted model
-    (S2FT: its trained deltas live in an adapter the kernel engine does not differentiate)."""
-    from ..methods.base import FineTuneMethod
+def check_refreshable(cfg: TrainConfig) -> None:
+    """Refuse, before any run starts, a method whose kernel cannot be re-taken at a trained step: one whose kernel
+    is taken on the un-adapted model (S2FT: its trained deltas live in an adapter the kernel engine does not
+    differentiate)."""
+    from ..methods.base import FineTuneMethod, get_method
 
-    if type(method).kernel_selection is not FineTuneMethod.kernel_selection:
+    if get_method(cfg.method).kernel_selection is not FineTuneMethod.kernel_selection:
         raise TangentError(f"method '{cfg.method}': its kernel is taken on the un-adapted model at θ0, so it cannot "
                            "be re-taken at a trained step (kernel refresh)")
+
+
+def load_trained_state(cfg: TrainConfig, method, task_model, state: dict) -> None:
+    """Put a run's trained tensors (a checkpoint's ``model_state``) into the model :func:`parameterized_model`
+    built, so its kernel is the one at θ_t (:func:`check_refreshable` says for which methods it can be)."""
+    check_refreshable(cfg)
     method.load_checkpoint_state(task_model, state)
 
 

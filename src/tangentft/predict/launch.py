@@ -17,7 +17,7 @@ from ..schemas import PredictionRecord, read_json
 from ..train.config import TrainConfig, load_run_config
 from ..train.run import check_fresh_out, run_training
 from .against import check_run
-from .curve import FILE, predict_run, write_prediction
+from .curve import FILE, check_refreshable, predict_run, write_prediction
 
 
 def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
@@ -37,8 +37,6 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
     out = Path(out_dir)
     main = distributed.is_main()
     if refresh is not None:
-        from .refresh import check_refreshable
-
         check_refreshable(cfg)
         if isinstance(refresh, int) and refresh < 1:  # refused before the kernel is paid for
             raise TangentError(f"refresh interval must be a positive number of steps, got {refresh}")

@@ -23,16 +23,6 @@ from ..train.config import TrainConfig
 from .curve import RunKernels, bootstrap, remaining_plan, run_kernels, step_plan
 
 
-def check_refreshable(cfg: TrainConfig) -> None:
-    """Refuse, before any run starts, a method whose kernel cannot be re-taken at θ_t
-    (:func:`tangentft.predict.curve.load_trained_state`)."""
-    from ..methods.base import FineTuneMethod, get_method
-
-    if get_method(cfg.method).kernel_selection is not FineTuneMethod.kernel_selection:
-        raise TangentError(f"method '{cfg.method}': its kernel is taken on the un-adapted model at θ0, so it cannot "
-                           "be re-taken at a trained step (kernel refresh)")
-
-
 def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
     """The steps of run ``cfg`` (``n_train`` training examples) at which a refresh every ``every`` steps happens:
     every positive multiple of ``every`` before the last step."""
