@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tangentft.errors import TangentError
 from tangentft.io import atomic_path, atomic_write, format_number, write_json
 from tangentft.predict.curve import NONLINEAR_RATIO
 from tangentft.predict.launch import train_with_prediction
@@ -58,6 +59,70 @@ CONFIGS = {
 TASKS = ("sst2", "cr", "mr", "cola", "stsb")
 SIZES = ("n_train", "n_eval", "steps", "batch_size", "eval_every", "seed")
 
+# The realistic regime (issue #26 §1): sizes where runs learn. The kernel is taken on a uniform sample of the
+# training examples (``kernel_n``, the same seeded sample the prediction draws), not the RPCholesky sketch: the
+# sketch saves the n×n train block, while the cost here is the gradients of the sample and of the n_eval eval
+# examples the cross-kernel needs. Eval steps fall on 10% and 25% of the run, where the in-run forecasts are taken.
+REALISTIC_SIZES = {
+    "minilm": {"n_train": 1024, "n_eval": 512, "steps": 300, "batch_size": 16, "eval_every": 15, "kernel_n": 256},
+    "smollm2-135m": {"n_train": 512, "n_eval": 256, "steps": 160, "batch_size": 8, "eval_every": 8, "kernel_n": 128},
+}
+FORECAST_FRACTIONS = (0.1, 0.25)
+
+
+def _lr_name(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def _grid(model: str, rows: list[tuple]) -> list[tuple]:
+    """(wave, task or None, conf) entries; a conf's name carries its lr so lr sweeps get their own JSON."""
+    out = []
+    for wave, tasks, name, method, params, lrs, *extra in rows:
+        for lr in lrs:
+            conf = (f"{name} lr{_lr_name(lr)}", method, params, lr, "adamw", *extra)
+            out += [(wave, t, conf) for t in tasks]
+    return out
+
+
+# The realistic grid, in the order it runs: wave 0 is every MiniLM task's four methods at their usual lr (the
+# cheapest informative rows: one per method per task), wave 1 the lr sweep (a decade apart) of MiniLM's LoRA, then
+# SmolLM2's four methods on sst2 and cr and its LoRA lr sweep on sst2, then the rest of MiniLM's 18 configurations
+# per task (the sweep benchmark of issue #21 replays this grid: 6 parameter choices × 3 lrs a decade apart).
+REALISTIC = {
+    "minilm": _grid("minilm", [
+        (0, TASKS, "head", "head", None, (1e-2,)),
+        (0, TASKS, "lora q,v@all+head", "lora", "lora(r=8):q,v@all;head", (1e-3,)),
+        (0, TASKS, "full o@4,5+head", "full", "o@4,5;head", (1e-4,)),
+        (0, TASKS, "s2ft o,down+head", "s2ft", None, (1e-4,), {"types": "o:0.1,down:0.1"}),
+        (1, TASKS, "lora q,v@all+head", "lora", "lora(r=8):q,v@all;head", (1e-4, 1e-2)),
+        (4, TASKS, "full q,v@all+head", "full", "q,v@all;head", (1e-4,)),
+        (4, TASKS, "lora q,v@4,5+head", "lora", "lora(r=8):q,v@4,5;head", (1e-3,)),
+        (4, TASKS, "head", "head", None, (1e-3,)),
+        (4, TASKS, "s2ft o,down+head", "s2ft", None, (1e-3,), {"types": "o:0.1,down:0.1"}),
+        (6, TASKS, "head", "head", None, (1e-1,)),
+        (6, TASKS, "full o@4,5+head", "full", "o@4,5;head", (1e-5, 1e-3)),
+        (6, TASKS, "full q,v@all+head", "full", "q,v@all;head", (1e-5, 1e-3)),
+        (6, TASKS, "lora q,v@4,5+head", "lora", "lora(r=8):q,v@4,5;head", (1e-4, 1e-2)),
+        (6, TASKS, "s2ft o,down+head", "s2ft", None, (1e-5,), {"types": "o:0.1,down:0.1"}),
+    ]),
+    "smollm2-135m": _grid("smollm2-135m", [
+        (2, ("sst2", "cr"), "lora q,v@all", "lora", "lora(r=8):q,v@all", (5e-4,)),
+        (2, ("sst2", "cr"), "full o@29", "full", "o@29", (1e-4,)),
+        (2, ("sst2", "cr"), "full down@15,29", "full", "down@15,29", (5e-5,)),
+        (2, ("sst2", "cr"), "s2ft down budget 460800", "s2ft", None, (1e-4,), {"types": "down", "budget": 460800}),
+        (3, ("sst2",), "lora q,v@all", "lora", "lora(r=8):q,v@all", (5e-5, 5e-3)),
+        (5, ("sst2",), "lora q,v@0,15,29", "lora", "lora(r=8):q,v@0,15,29", (1e-3,)),
+        (5, ("sst2",), "full o@29", "full", "o@29", (1e-5, 1e-3)),
+    ]),
+}
+
+
+def realistic_plan(models: list[str], tasks: list[str]) -> list[tuple[str, str, tuple]]:
+    """(model, task, conf) of the realistic grid in run order: by wave, then task, then the grid's order."""
+    rows = [(wave, TASKS.index(task), i, model, task, conf) for model in models
+            for i, (wave, task, conf) in enumerate(REALISTIC[model]) if task in tasks]
+    return [(m, t, c) for *_, m, t, c in sorted(rows, key=lambda r: r[:3])]
+
 
 def key(model: str, task: str, name: str) -> str:
     return f"{model}__{task}__{name}".replace(" ", "_").replace("@", "").replace(",", "-").replace("+", "_")
@@ -69,43 +134,59 @@ def method_options(conf: tuple) -> dict:
     return {**({"params": params} if params else {}), **(conf[5] if len(conf) > 5 else {})}
 
 
-def run_one(model: str, task: str, conf: tuple, args) -> dict:
+def sizes_for(model: str, args) -> dict:
+    """The run sizes of ``model`` in the harness's regime (cheap: the command-line sizes, kernel on all examples)."""
+    if args.regime == "realistic":
+        return {**REALISTIC_SIZES[model], "seed": args.seed}
+    return {**{k: getattr(args, k) for k in SIZES}, "kernel_n": args.n_train}
+
+
+def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
     name, method, params, lr, optimizer = conf[:5]
     cfg = TrainConfig(model=model, task=str(args.data / task), method=method,
                       method_options=method_options(conf), optimizer=optimizer, lr=lr,
-                      n_train=args.n_train, n_eval=args.n_eval, max_steps=args.steps, batch_size=args.batch_size,
-                      eval_every=args.eval_every, probe_size=16, seed=args.seed)
-    run_dir = RUNS / key(model, task, name)
+                      n_train=sizes["n_train"], n_eval=sizes["n_eval"], max_steps=sizes["steps"],
+                      batch_size=sizes["batch_size"], eval_every=sizes["eval_every"], probe_size=16, seed=sizes["seed"])
+    run_dir = args.runs / key(model, task, name)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run of this harness: start it again
     t0 = time.perf_counter()
-    summary = train_with_prediction(cfg, run_dir, n=args.n_train)
+    summary = train_with_prediction(cfg, run_dir, n=sizes["kernel_n"], **refresh_kwargs(cfg, args))
     wall = time.perf_counter() - t0
     pred = json.loads((run_dir / "prediction.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     predict_s = pred["timings"]["total_s"]
+    refresh_s = sum(r["kernel_s"] for r in pred.get("refreshes", []))
+    train_s = wall - predict_s - refresh_s
     return {
         "model": model, "task": task, "config": name, "method": method, "params": params,
-        "method_options": method_options(conf), "lr": lr,
-        "optimizer": optimizer, "n_train": args.n_train, "n_eval": args.n_eval, "steps": args.steps,
-        "batch_size": args.batch_size, "eval_every": args.eval_every, "seed": args.seed,
+        "method_options": method_options(conf), "lr": lr, "optimizer": optimizer, **sizes,
         "prediction": {k: pred[k] for k in ("steps", "eval_loss", "eval_metric", "metric_name", "best_step",
                                               "best_metric", "metric_interval", "n_for_2_points", "kernel", "n",
                                               "baselines", "warnings", "timings", "lora_a_travel")},
+        "refreshes": pred.get("refreshes", []),
         "real": {"steps": [r["step"] for r in rows], "eval_loss": [r.get("eval_loss") for r in rows],
                  "eval_metric": [r.get("eval_metric") for r in rows], "lin_gap": [r.get("lin_gap") for r in rows],
                  "output_shift": [r.get("output_shift") for r in rows], "theta_dist": [r.get("theta_dist") for r in rows],
+                 "train_loss": [r.get("train_loss") for r in rows], "wall_s": [r.get("wall_s") for r in rows],
                  "train_wall_s": rows[-1]["wall_s"]},
         "comparison": summary["prediction"],
         "predict_s": predict_s,
-        "train_s": wall - predict_s,
-        "time_ratio": predict_s / max(wall - predict_s, 1e-9),
+        "train_s": train_s,
+        "time_ratio": predict_s / max(train_s, 1e-9),
         "probe_eval_mode": True,
     }
 
 
-def _same_sizes(result: dict, args) -> bool:
-    return all(result.get(k) == getattr(args, k) for k in SIZES)
+def refresh_kwargs(cfg: TrainConfig, args) -> dict:
+    """The in-run kernel refreshes the harness asks for: at 10% and 25% of the steps (realistic regime only)."""
+    if args.regime != "realistic" or cfg.method == "s2ft":  # S2FT's kernel is only taken at θ0 (check_refreshable)
+        return {}
+    return {"refresh": [max(1, round(f * cfg.max_steps)) for f in FORECAST_FRACTIONS]}
+
+
+def _same_sizes(result: dict, sizes: dict) -> bool:
+    return all(result.get(k, result.get("n_train") if k == "kernel_n" else None) == v for k, v in sizes.items())
 
 
 def refresh_probe(results: list[dict], args) -> int:
@@ -146,7 +227,7 @@ def refresh_probe(results: list[dict], args) -> int:
         c["baseline_errors"]["linear_probe"] = abs(curve.best_metric - c["real_best"])
         c["beats_baselines"] = all(c["best_error"] < e for e in c["baseline_errors"].values())
         r["probe_eval_mode"] = True
-        write_json(RESULTS / "configs" / f"{key(r['model'], r['task'], r['config'])}.json", r)
+        write_json(args.results / "configs" / f"{key(r['model'], r['task'], r['config'])}.json", r)
     return len(todo)
 
 
@@ -172,6 +253,43 @@ def backfill_lora_a_travel(results: list[dict], args) -> None:
         # Only LoRA has A factors: other methods skip the model build.
         rms = _lora_a_rms(r["model"], r["params"], str(args.data / r["task"]), r["seed"]) if r["method"] == "lora" else None
         r["prediction"]["lora_a_travel"] = lora_a_travel(cfg, step_plan(cfg, r["n_train"]), rms)
+
+
+def forecasts_at(r: dict, step: int) -> dict:
+    """Every forecast of a cached result made with its real curve up to ``step`` (an eval step), scored against the
+    real run: the θ0 prediction anchored on the partial curve and the kernel refresh at ``step`` (when the run had
+    one there) through :func:`tangentft.predict.forecast.forecast`, and the power-law and exponential
+    extrapolations of the partial curve alone. Recomputable from the cached JSON: no model is loaded."""
+    from tangentft.predict.forecast import extrapolate, forecast
+
+    real = r["real"]
+    rows = [{"step": s, "eval_metric": m} for s, m in zip(real["steps"], real["eval_metric"], strict=True)
+            if m is not None]
+    seen = [x for x in rows if x["step"] <= step]
+    vals = [x["eval_metric"] for x in rows]
+    best_i = int(np.argmax(vals))
+    out = {"step": step, "real_final": vals[-1], "real_best": vals[best_i], "real_best_step": rows[best_i]["step"],
+           "methods": {}}
+    name = r["prediction"]["metric_name"]
+    pred = {**r["prediction"], "n_eval": r["n_eval"]}
+    sources = {"kernel θ0 (anchored)": pred}
+    for ref in r.get("refreshes", []):
+        if ref["step"] == step:
+            sources["kernel refresh"] = {**ref, "n_eval": r["n_eval"]}
+    for label, source in sources.items():
+        f = forecast(seen, source)
+        out["methods"][label] = {k: f[k] for k in ("final", "final_interval", "best", "best_step", "best_interval")}
+    for family in ("power", "exp"):
+        e = extrapolate(seen, [x["step"] for x in rows], family, metric_name=name)
+        out["methods"][family] = {"final": e["final"], "best": e["best"], "best_step": e["best_step"],
+                                  "fitted": e["fitted"]}
+    for m in out["methods"].values():
+        m["final_error"] = abs(m["final"] - out["real_final"])
+        m["best_error"] = abs(m["best"] - out["real_best"])
+        if "final_interval" in m:
+            m["final_covered"] = bool(m["final_interval"][0] <= out["real_final"] <= m["final_interval"][1])
+            m["best_covered"] = bool(m["best_interval"][0] <= out["real_best"] <= m["best_interval"][1])
+    return out
 
 
 def spearman(a, b) -> float | None:
@@ -245,7 +363,85 @@ def summarize(results: list[dict]) -> dict:
         if sub:
             targets[f"mean_abs_error_pts_{model}"] = 100 * float(np.mean([r["error"] for r in sub]))
             targets[f"mean_abs_error_probe_pts_{model}"] = 100 * float(np.mean([abs(r["probe"] - r["real"]) for r in sub]))
-    return {"rows": rows, "per_task": per_task, "targets": targets}
+    for row, r in zip(rows, results, strict=True):
+        row.update(gain_and_forecasts(r))
+    return {"rows": rows, "per_task": per_task, "targets": targets, "issue_targets": issue_targets(rows)}
+
+
+GAIN = 0.05  # "the run learned": its best beat the better of zero-shot and the linear probe by ≥ 5 points
+ACCURATE_FORECAST = ("kernel refresh", "kernel θ0 (anchored)")
+
+
+def forecast_step(r: dict, fraction: float) -> int:
+    """The eval step a forecast at ``fraction`` of the run is made at: the first at or after it (where the
+    harness's refresh happens too)."""
+    target = max(1, round(fraction * r["steps"]))
+    return min(s for s in r["real"]["steps"] if s >= target)
+
+
+def gain_and_forecasts(r: dict) -> dict:
+    """A result's gain over the better of zero-shot and the probe, and its forecasts at 10% and 25% of the run."""
+    c, b = r["comparison"], r["prediction"]["baselines"]
+    ref = max(v for v in (b["zero_shot"], b["linear_probe"]) if v is not None and np.isfinite(v))
+    return {"gain": c["real_best"] - ref, "learned": bool(c["real_best"] - ref >= GAIN),
+            "refresh_cost_ratio": [x["kernel_s"] / max(r["train_s"], 1e-9) for x in r.get("refreshes", [])],
+            "forecasts": {f"{int(100 * f)}%": forecasts_at(r, forecast_step(r, f)) for f in FORECAST_FRACTIONS}}
+
+
+def _rmse(errors: list[float]) -> float | None:
+    return 100 * float(np.sqrt(np.mean(np.square(errors)))) if errors else None
+
+
+def issue_targets(rows: list[dict]) -> dict:
+    """Issue #26 §3's targets, measured on the rows that learned (gain ≥ 5 points) and, beside them, on the rest."""
+    out = {}
+    for group, sub in (("learned", [r for r in rows if r["learned"]]), ("not_learned", [r for r in rows if not r["learned"]])):
+        g: dict = {"rows": len(sub)}
+        g["rmse_best_before_pts"] = _rmse([r["error"] for r in sub])
+        g["best_step_within_1.5x"] = sum(1 for r in sub if 1 / 1.5 <= r["step_ratio"] <= 1.5)
+        pairs = {}
+        for r in sub:
+            pairs.setdefault(f"{r['model']}/{r['task']}", []).append(r)
+        rho = {k: spearman([r["predicted"] for r in v], [r["real"] for r in v]) for k, v in pairs.items()}
+        g["spearman"] = rho
+        g["spearman_ge_0.8_pairs"] = sum(1 for v in rho.values() if v is not None and v >= 0.8)
+        g["pairs_with_spearman"] = sum(1 for v in rho.values() if v is not None)
+        g["in_95_interval_before"] = sum(1 for r in sub if r["in_interval"])
+        g["predict_time_ratio_le_0.1"] = sum(1 for r in sub if r["time_ratio"] <= 0.1)
+        costs = [c for r in sub for c in r["refresh_cost_ratio"]]
+        g["refresh_cost_le_0.05"] = f"{sum(1 for c in costs if c <= 0.05)} of {len(costs)}"
+        g["median_refresh_cost_ratio"] = float(np.median(costs)) if costs else None
+        for at in (f"{int(100 * f)}%" for f in FORECAST_FRACTIONS):
+            fc = [r["forecasts"][at] for r in sub]
+            methods = sorted({m for f in fc for m in f["methods"]})
+            g[at] = {}
+            for m in methods:
+                have = [f["methods"][m] for f in fc if m in f["methods"]]
+                h: dict = {"rows": len(have), "rmse_final_pts": _rmse([x["final_error"] for x in have]),
+                           "rmse_best_pts": _rmse([x["best_error"] for x in have])}
+                if have and "final_covered" in have[0]:
+                    h["final_80_coverage"] = float(np.mean([x["final_covered"] for x in have]))
+                    h["best_80_coverage"] = float(np.mean([x["best_covered"] for x in have]))
+                if m in ACCURATE_FORECAST:
+                    beats = [f for f in fc if m in f["methods"]]
+                    h["beats_both_baselines"] = sum(
+                        1 for f in beats if f["methods"][m]["final_error"] < min(f["methods"]["power"]["final_error"],
+                                                                                f["methods"]["exp"]["final_error"]))
+                g[at][m] = h
+        out[group] = g
+    return out
+
+
+def sizes_line(args) -> str:
+    """The regime's sizes, for the report's first paragraph."""
+    if args.regime == "realistic":
+        return "Sizes (realistic regime): " + "; ".join(
+            f"{m}: n_train = {z['n_train']}, n_eval = {z['n_eval']}, {z['steps']} optimizer steps of batch "
+            f"{z['batch_size']}, eval every {z['eval_every']} steps, kernel on a uniform sample of {z['kernel_n']} "
+            "training examples (not the RPCholesky sketch)" for m, z in REALISTIC_SIZES.items()) + f"; seed {args.seed}."
+    return (f"Sizes: n_train = {args.n_train} (the kernel sample is the whole training sample), n_eval = "
+            f"{args.n_eval}, {args.steps} optimizer steps of batch {args.batch_size}, eval every {args.eval_every} "
+            f"steps, seed {args.seed}.")
 
 
 def table(summary: dict, args) -> str:
@@ -253,10 +449,11 @@ def table(summary: dict, args) -> str:
     t = summary["targets"]
     lines = [
         "# Predicted vs real fine-tuning (experiments/predict_vs_real.py)", "",
-        f"Sizes: n_train = {args.n_train} (the kernel sample is the whole training sample), n_eval = {args.n_eval}, "
-        f"{args.steps} optimizer steps of batch {args.batch_size}, eval every {args.eval_every} steps, seed {args.seed}. "
-        "CPU, shared 2-core machine, one thread. AdamW runs are predicted through the SignGD kernel, SGD runs "
-        "through the eNTK. Metric: accuracy (Pearson r for stsb).", "",
+        sizes_line(args) + " CPU, shared 2-core machine"
+        + (" (load average 17–21 from other jobs while it ran)" if args.regime == "realistic" else "")
+        + ", one thread. "
+        "AdamW runs are predicted through the SignGD kernel, SGD runs through the eNTK. Metric: accuracy "
+        "(Pearson r for stsb).", "",
         "| model | task | config | kernel | predicted [interval] | real | error | best step pred/real | curve MAE "
         "| zero-shot | probe | majority | ≤ ½ best baseline | flagged before the run (A travel) "
         "| left linear regime (lin_gap/shift) | n for 2 pts | time ratio |",
@@ -292,15 +489,16 @@ def table(summary: dict, args) -> str:
             n = t.get(f"accuracy_configs_{k.removeprefix('mean_abs_error_pts_')}")
             lines.append(f"| {k} | {f(v)} pts{'' if n is None else f' ({n} configs)'} |")
     left = [f"{r['model']}/{r['task']}/{r['config']}" for r in summary["rows"] if r["left_linear_regime"]]
+    n_eval = min(REALISTIC_SIZES[m]["n_eval"] for m in REALISTIC_SIZES) if args.regime == "realistic" else args.n_eval
     lines += ["", "## Reading the numbers", "",
-              f"- One eval example is {100 / args.n_eval:.2g} accuracy points (n_eval = {args.n_eval}): errors at or "
+              f"- One eval example is {100 / n_eval:.2g} accuracy points (n_eval = {n_eval}): errors at or "
               "below that are at the eval set's resolution, and so are the baselines' errors they are compared with.",
               f"- Runs that left the linear regime (lin_gap > 0.3 × output shift at the last step): "
               f"{', '.join(left) if left else 'none'}.",
               "- Time ratio = prediction wall time (model load, kernel pass over n_train + n_eval examples — SignGD "
               "blocks materialized —, outputs, probe features, replays) ÷ the fine-tune's wall time. The kernel pass is "
-              "a fixed cost comparable to a few epochs over these few examples, so at the harness's tiny runs "
-              f"({args.steps} steps) the ratio is far above 1/10; it falls in proportion to the run's length.",
+              "a fixed cost comparable to a few epochs over these few examples, so at the cheap regime's tiny runs "
+              "(24 steps) the ratio is far above 1/10; it falls in proportion to the run's length.",
               f"- Flagged before the run: LoRA under AdamW whose A factors can travel more than {NONLINEAR_RATIO}× "
               "their initial RMS (Σ lr over the schedule ÷ RMS(A0); Adam moves each entry by about lr per step). At "
               "θ0 B = 0, so the kernel holds ΔB·A0 but not B·ΔA, whose relative size is that ratio.",
@@ -309,7 +507,67 @@ def table(summary: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(results: list[dict], summary: dict) -> None:
+def targets_table(summary: dict, partial: str | None = None) -> list[str]:
+    """Markdown: issue #26 §3's targets, split by whether the run learned (gain ≥ 5 points over the better of
+    zero-shot and the probe), with the forecasts at 10% and 25% of the run against the curve-extrapolation
+    baselines."""
+    f = format_number
+    it = summary["issue_targets"]
+    lines = ["", "## Issue #26 targets, split by gain" + (f" ({partial})" if partial else ""), "",
+             "Gain = real best − max(zero-shot, linear probe); a run learned when its gain ≥ 5 points. Forecasts use "
+             "the real curve up to the first eval step at or after 10% / 25% of the run: the θ0 prediction anchored "
+             "on it, the kernel refresh taken there (AdamW runs of LoRA/full/head; not S2FT), and power-law / "
+             "exponential fits of the partial curve alone. Errors in points of the metric (accuracy; Pearson r for stsb).",
+             "", "| measure (target) | learned (≥ 5 pts) | did not learn |", "|---|---|---|"]
+    a, b = it["learned"], it["not_learned"]
+
+    def both(fn) -> str:
+        return " | ".join(str(fn(g)) if g["rows"] else f"not yet measured ({partial or 'no rows'})" for g in (a, b))
+
+    lines += [
+        f"| rows | {a['rows']} | {b['rows']} |",
+        f"| RMSE of the best metric before training (≤ 3 pts) | {both(lambda g: f(g['rmse_best_before_pts']))} |",
+        f"| Spearman ≥ 0.8 across a model × task's configurations (≥ 5 of 7 pairs) | "
+        f"{both(lambda g: str(g['spearman_ge_0.8_pairs']) + ' of ' + str(g['pairs_with_spearman']))} |",
+        f"| best step within ×1.5 (≥ 70%) | {both(lambda g: str(g['best_step_within_1.5x']) + ' of ' + str(g['rows']))} |",
+        f"| real best inside the 95% bootstrap interval | "
+        f"{both(lambda g: str(g['in_95_interval_before']) + ' of ' + str(g['rows']))} |",
+        f"| prediction ≤ 1/10 of the run's wall time | "
+        f"{both(lambda g: str(g['predict_time_ratio_le_0.1']) + ' of ' + str(g['rows']))} |",
+        f"| each refresh ≤ 1/20 of the run's wall time (median ratio) | "
+        f"{both(lambda g: g['refresh_cost_le_0.05'] + ' (' + f(g['median_refresh_cost_ratio']) + ')')} |",
+    ]
+    for at in (f"{int(100 * x)}%" for x in FORECAST_FRACTIONS):
+        methods = sorted(set(a.get(at, {})) | set(b.get(at, {})))
+        for m in methods:
+            def cell(g, m=m, at=at) -> str:
+                h = g.get(at, {}).get(m)
+                if not h:
+                    return "–"
+                txt = f"final {f(h['rmse_final_pts'])} / best {f(h['rmse_best_pts'])}"
+                if "final_80_coverage" in h:
+                    txt += f"; 80% coverage {f(h['final_80_coverage'])} / {f(h['best_80_coverage'])}"
+                if "beats_both_baselines" in h:
+                    txt += f"; beats both baselines {h['beats_both_baselines']} of {h['rows']}"
+                return txt + f" ({h['rows']} rows)"
+            lines.append(f"| at {at}: {m} — RMSE (≤ 1.5 pts at 10%) | {both(cell)} |")
+    names = ("kernel refresh", "kernel θ0 (anchored)", "power", "exp")
+    lines += ["", "Per row: forecast of the final metric [80% interval] at 10% / 25% of the run, against the real final.",
+              "", "| model | task | config | gain | at | " + " | ".join(names) + " | real final |",
+              "|---|---|---|---|---|" + "---|" * (len(names) + 1)]
+    for r in summary["rows"]:
+        for at, fc in r["forecasts"].items():
+            cells = []
+            for m in names:
+                h = fc["methods"].get(m)
+                iv = f" [{f(h['final_interval'][0])}, {f(h['final_interval'][1])}]" if h and "final_interval" in h else ""
+                cells.append(f"{f(h['final'])}{iv}" if h else "–")
+            lines.append(f"| {r['model']} | {r['task']} | {r['config']} | {f(r['gain'])} | {at} (step {fc['step']}) | "
+                         + " | ".join(cells) + f" | {f(fc['real_final'])} |")
+    return lines
+
+
+def figures(results: list[dict], summary: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,7 +586,7 @@ def figures(results: list[dict], summary: dict) -> None:
     ax.set_ylabel("predicted best accuracy")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(RESULTS / "scatter.png") as tmp:
+    with atomic_path(out / "scatter.png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
@@ -339,6 +597,8 @@ def figures(results: list[dict], summary: dict) -> None:
         p, real = r["prediction"], r["real"]
         ax.plot(p["steps"], p["eval_metric"], "--", marker=".", label="predicted")
         ax.plot(real["steps"], real["eval_metric"], marker="o", ms=3, label="real")
+        for ref in r.get("refreshes", []):
+            ax.plot(ref["steps"], ref["eval_metric"], ":", lw=1, label=f"refresh at {ref['step']}")
         ax.axhline(p["baselines"]["zero_shot"], ls=":", color="gray", lw=1)
         ax.set_title(f"{r['model'][:7]} {r['task']} {r['config']}", fontsize=7)
         ax.tick_params(labelsize=6)
@@ -346,13 +606,16 @@ def figures(results: list[dict], summary: dict) -> None:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=6)
     fig.tight_layout()
-    with atomic_path(RESULTS / "curves.png") as tmp:
+    with atomic_path(out / "curves.png") as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--regime", choices=("cheap", "realistic"), default="cheap",
+                   help="cheap: the sizes below, 5 configurations per model × task; realistic: REALISTIC_SIZES and "
+                        "the REALISTIC grid (issue #26), results in predict_vs_real_realistic/.")
     p.add_argument("--models", default="minilm,smollm2-135m")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--data", type=Path, default=DATA)
@@ -363,28 +626,52 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="Run at most this many new configurations, then report.")
     p.add_argument("--report-only", action="store_true", help="Only rebuild the tables and figures from the cache.")
     p.add_argument("--refresh-probe", action="store_true",
                    help="Recompute the probe baseline of cached results from before it was taken in eval mode.")
     args = p.parse_args()
-    (RESULTS / "configs").mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.regime == "cheap" else f"_{args.regime}"
+    args.results, args.runs = Path(f"{RESULTS}{suffix}"), Path(f"{RUNS}{suffix}")
+    (args.results / "configs").mkdir(parents=True, exist_ok=True)
     models, tasks = args.models.split(","), args.tasks.split(",")
-    if not args.report_only:
+    if args.regime == "realistic":
+        plan = realistic_plan(models, tasks)
+    else:
         # Task-major, models interleaved: a partial harness already compares both models on the first tasks.
-        for task in tasks:
-            for model in models:
-                for conf in CONFIGS[model]:
-                    path = RESULTS / "configs" / f"{key(model, task, conf[0])}.json"
-                    if path.is_file() and _same_sizes(json.loads(path.read_text()), args):
-                        continue
-                    t = time.perf_counter()
-                    res = run_one(model, task, conf, args)
-                    write_json(path, res)
-                    c = res["comparison"]
-                    print(f"{model} {task} {conf[0]}: predicted {c['predicted_best']:.3f} real {c['real_best']:.3f} "
-                          f"({time.perf_counter() - t:.0f} s)", flush=True)
-    results = [json.loads(f.read_text()) for f in sorted((RESULTS / "configs").glob("*.json"))]
-    results = [r for r in results if r["model"] in models and r["task"] in tasks and _same_sizes(r, args)]
+        plan = [(model, task, conf) for task in tasks for model in models for conf in CONFIGS[model]]
+    if not args.report_only:
+        done = 0
+        args.refresh_probe = False  # a one-off repair, done by the final report only
+        for model, task, conf in plan:
+            if args.limit is not None and done >= args.limit:
+                break
+            path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
+            sizes = sizes_for(model, args)
+            if path.is_file() and _same_sizes(json.loads(path.read_text()), sizes):
+                continue
+            t = time.perf_counter()
+            try:
+                res = run_one(model, task, conf, sizes, args)
+            except TangentError as e:  # one configuration refused (e.g. no eval split): the rest still run
+                print(f"{model} {task} {conf[0]}: error: {e}", flush=True)
+                continue
+            write_json(path, res)
+            done += 1
+            report(args, models, tasks)
+            c = res["comparison"]
+            print(f"{model} {task} {conf[0]}: predicted {c['predicted_best']:.3f} real {c['real_best']:.3f} "
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+    report(args, models, tasks)
+    print(f"report: {args.results.relative_to(ROOT) / 'README.md'}", flush=True)
+
+
+def report(args, models: list[str], tasks: list[str]) -> None:
+    """summary.json, README.md, scatter.png and curves.png from the cached results (after every new row, so a
+    partial harness always has its table)."""
+    results = [json.loads(f.read_text()) for f in sorted((args.results / "configs").glob("*.json"))]
+    results = [r for r in results if r["model"] in models and r["task"] in tasks
+               and _same_sizes(r, sizes_for(r["model"], args))]
     if args.refresh_probe:
         print(f"refreshed the probe baseline of {refresh_probe(results, args)} results", flush=True)
     backfill_lora_a_travel(results, args)
@@ -392,10 +679,13 @@ def main() -> None:
         print("no results yet")
         return
     summary = summarize(results)
-    write_json(RESULTS / "summary.json", summary)
-    atomic_write(RESULTS / "README.md", table(summary, args))
-    figures(results, summary)
-    print(json.dumps(summary["targets"], indent=1))
+    write_json(args.results / "summary.json", summary)
+    partial = None
+    if args.regime == "realistic":
+        total = len(realistic_plan(models, tasks))
+        partial = f"partial: {len(results)} of {total} rows" if len(results) < total else f"{total} rows"
+    atomic_write(args.results / "README.md", table(summary, args) + "\n".join(targets_table(summary, partial)) + "\n")
+    figures(results, summary, args.results)
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ OPTIONS = {
     "--seed": (st.sampled_from(["0", "1"]), st.one_of(huge_int, st.sampled_from(["-1", "x"]))),
 }
 # Options that act only through another one (issue 25): given alone, each must be refused, never recorded.
-PAIRED = {"--reg-per-element": [], "--predict-n": ["4"]}
+PAIRED = {"--reg-per-element": [], "--predict-n": ["4"], "--refresh": ["2"]}
 
 
 @st.composite

@@ -119,13 +119,42 @@ def test_predict_vs_real_s2ft_row_runs_end_to_end(experiments, data_dir, tmp_pat
     from argparse import Namespace
 
     harness = experiments("predict_vs_real")
-    monkeypatch.setattr(harness, "RUNS", tmp_path / "runs")
     conf = next(c for c in harness.CONFIGS[model] if c[1] == "s2ft")
-    args = Namespace(data=data_dir, n_train=8, n_eval=8, steps=4, batch_size=4, eval_every=2, seed=0)
-    res = harness.run_one(tiny, "sst2", conf, args)
+    args = Namespace(data=data_dir, runs=tmp_path / "runs", regime="cheap", n_train=8, n_eval=8, steps=4,
+                     batch_size=4, eval_every=2, seed=0)
+    res = harness.run_one(tiny, "sst2", conf, harness.sizes_for(tiny, args), args)
     assert res["method"] == "s2ft" and res["method_options"] == harness.method_options(conf)
     assert "types" in res["method_options"] and res["prediction"]["kernel"] == "signgd"
     assert res["prediction"]["steps"] == [s for s, m in zip(res["real"]["steps"], res["real"]["eval_metric"],
                                                             strict=True) if m is not None] == [0, 2, 4]
     row = harness.summarize([res])["rows"][0]
     assert row["config"] == conf[0] and row["interval"][0] <= row["interval"][1]
+    assert set(row["forecasts"]) == {"10%", "25%"} and row["forecasts"]["10%"]["step"] == 2
+
+
+def test_predict_vs_real_realistic_grid(experiments):
+    """The realistic grid (issue #26 §1): ≥ 16 MiniLM configurations per task with a LoRA lr sweep a decade apart,
+    SmolLM2 on two tasks with ≥ 8 on sst2; the cheapest informative rows (one per method per MiniLM task) first."""
+    from argparse import Namespace
+    from collections import Counter
+
+    harness = experiments("predict_vs_real")
+    plan = harness.realistic_plan(["minilm", "smollm2-135m"], list(harness.TASKS))
+    per = Counter((m, t) for m, t, _ in plan)
+    assert all(per["minilm", t] >= 16 for t in harness.TASKS)
+    assert per["smollm2-135m", "sst2"] >= 8 and per["smollm2-135m", "cr"] >= 4
+    assert len({harness.key(m, t, c[0]) for m, t, c in plan}) == len(plan)
+    first = plan[: 4 * len(harness.TASKS)]
+    assert {m for m, _, _ in first} == {"minilm"} and {c[1] for _, _, c in first} == {"head", "lora", "full", "s2ft"}
+    lora_lrs = sorted(c[3] for m, t, c in plan if m == "minilm" and t == "cr" and c[0].startswith("lora q,v@all"))
+    assert lora_lrs == [1e-4, 1e-3, 1e-2]
+    sizes = harness.REALISTIC_SIZES
+    assert sizes["minilm"]["n_train"] >= 1024 and sizes["minilm"]["steps"] >= 300 and sizes["minilm"]["n_eval"] >= 512
+    assert sizes["smollm2-135m"]["n_train"] >= 512 and sizes["smollm2-135m"]["steps"] >= 150
+    for s in sizes.values():  # the forecasts' refreshes land on eval steps
+        assert all(round(f * s["steps"]) % s["eval_every"] == 0 for f in harness.FORECAST_FRACTIONS)
+    from tangentft.train.config import TrainConfig
+
+    args = Namespace(regime="realistic")
+    assert harness.refresh_kwargs(TrainConfig(method="lora", max_steps=300), args) == {"refresh": [30, 75]}
+    assert harness.refresh_kwargs(TrainConfig(method="s2ft", max_steps=300), args) == {}

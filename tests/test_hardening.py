@@ -580,6 +580,8 @@ def test_more_label_words_than_classes_are_warned_about(tmp_path):
     (["--lam", 5], "lam=5.0 needs a pull toward θ0 to weigh, but reg is 'none'"),
     (["--reg", "l2", "--lam", 1, "--reg-per-element"], "reg_per_element decides the selective pull per element"),
     (["--predict-n", 8], "--predict-n sets the kernel sample of --predict"),
+    (["--refresh", 2], "--refresh re-forecasts a predicted run; add --predict"),
+    (["--predict", "--refresh", 0], "refresh interval must be a positive number of steps, got 0"),
     (["--lam", "nan", "--reg", "l2"], "--lam must be a finite number, got nan"),
     (["--method-opt", "lora_alpha=inf"], "option lora_alpha='inf': expected a finite number"),
 ])

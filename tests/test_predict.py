@@ -89,8 +89,14 @@ def test_cli_train_predict_and_analyze_against(tmp_path, data_dir):
     from tangentft.cli.main import app
 
     run = tmp_path / "run"
-    pred, rows = _train_with_prediction(run, data_dir, ["--method", "lora", "--params", "lora(r=2):q,v@0"])
+    pred, rows = _train_with_prediction(run, data_dir, ["--method", "lora", "--params", "lora(r=2):q,v@0",
+                                                         "--refresh", "3"])
     assert len(pred["eval_loss"]) == len(pred["eval_metric"]) == 4
+    # --refresh 3: one refresh, at the first eval step after step 3, starting from the run's own f_t there
+    (r,) = pred["refreshes"]
+    assert r["step"] == 4 and r["steps"] == [4, 6] and r["kernel_s"] > 0
+    assert r["eval_metric"][0] == rows[2]["eval_metric"]
+    assert r["eval_loss"][0] == pytest.approx(rows[2]["eval_loss"], rel=1e-4)
     assert pred["kernel"] == "signgd" and pred["n"] == 12
     lo, hi = pred["metric_interval"]
     assert lo <= hi and pred["best_step"] in pred["steps"]
@@ -98,6 +104,7 @@ def test_cli_train_predict_and_analyze_against(tmp_path, data_dir):
     assert pred["eval_loss"][0] == pytest.approx(rows[0]["eval_loss"], rel=1e-4)
     assert (run / "figures" / "prediction.png").is_file()
     assert "Predicted vs real" in (run / "summary.md").read_text()
+    assert "| 4 |" in (run / "summary.md").read_text().split("Kernel refreshes")[1]
     res = CliRunner().invoke(app, ["analyze", "--against", str(run), "--n", "8", "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "a" / "prediction.json").read_text())
@@ -105,6 +112,9 @@ def test_cli_train_predict_and_analyze_against(tmp_path, data_dir):
     assert (tmp_path / "a" / "against.md").is_file()
     res = CliRunner().invoke(app, ["analyze", "--against", str(tmp_path), "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "not a finished train run" in res.output
+    res = CliRunner().invoke(app, ["train", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--refresh",
+                                   "2", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "add --predict" in res.output and not (tmp_path / "c").exists()
 
 
 # -- the RPCholesky Nyström sketch ----------------------------------------------------------------------------

@@ -109,6 +109,9 @@ def train(
     predict: bool = typer.Option(False, "--predict", help="Predict the run's curve from the kernel at θ0 first "
                                  "(prediction.json), then compare with the real run (figures, summary.md)."),
     predict_n: int = typer.Option(None, "--predict-n", help="Kernel examples for --predict (default: up to 256)."),
+    refresh: int = typer.Option(None, "--refresh", help="With --predict: every this many steps (at the next eval "
+                                "step), re-take the kernel at the trained weights on the same kernel sample and "
+                                "re-forecast the rest of the run (prediction.json 'refreshes')."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (refused if it holds a run, unless --overwrite)."),
 ) -> None:
     """Fine-tune and record metrics.jsonl, checkpoints, the trained weights/adapter, figures and summary.md.
@@ -123,6 +126,8 @@ def train(
 
     if predict_n is not None and not predict:
         raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
+    if refresh is not None and not predict:
+        raise TangentError("--refresh re-forecasts a predicted run; add --predict (or drop --refresh)")
     scores = task_options(num_labels, score_range)["score_range"]
     scores = list(scores) if scores else None
     if resume is not None:
@@ -183,7 +188,8 @@ def train(
                     update("predict", done, total, description=f"predicting the curve: {stage} passes, {kernel}")
 
                 summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
-                                                callback=on_step, n=predict_n, progress=on_kernel)
+                                                callback=on_step, n=predict_n, refresh=refresh,
+                                                progress=on_kernel)
             else:
                 summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
         finally:

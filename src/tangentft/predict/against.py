@@ -90,12 +90,24 @@ def comparison_markdown(prediction: dict, cmp: dict) -> str:
                      f"{format_number(cmp['output_shift'])} — "
                      + ("the run LEFT the linear regime the prediction assumes." if cmp["left_linear_regime"]
                         else "the run stayed close to its linearization."))
+    refreshes = prediction.get("refreshes", [])
+    if refreshes:
+        f = format_number
+        lines += ["", f"Kernel refreshes (kernel re-taken at θ_t, the rest replayed from f_t; real final {name} "
+                  f"{f(cmp['real_metric'][-1])}, best {f(cmp['real_best'])} at step {cmp['real_best_step']}):", "",
+                  f"| at step | cost (s) | forecast best {name} [interval] (step) | forecast final {name} [interval] |",
+                  "|---|---|---|---|"]
+        for r in refreshes:
+            (blo, bhi), (flo, fhi) = r["metric_interval"], r["final_interval"]
+            lines.append(f"| {r['step']} | {f(r['kernel_s'])} | {f(r['best_metric'])} [{f(blo)}, {f(bhi)}] "
+                         f"({r['best_step']}) | {f(r['final_metric'])} [{f(flo)}, {f(fhi)}] |")
     lines += [f"- {w}" for w in prediction.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
 
 def plot_overlay(prediction: dict, rows: list[dict], path: Path) -> Path:
-    """``prediction.png``: predicted vs real eval loss and metric against step (interval as a band at the best)."""
+    """``prediction.png``: predicted vs real eval loss and metric against step (interval as a band at the best),
+    with the forecast of every kernel refresh (``refreshes``) overlaid from its step on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +123,8 @@ def plot_overlay(prediction: dict, rows: list[dict], path: Path) -> Path:
     ax1.legend()
     ax2.plot(prediction["steps"], prediction["eval_metric"], "--", marker=".", label=f"predicted ({prediction['kernel']})")
     ax2.plot([r["step"] for r in real], [r["eval_metric"] for r in real], marker="o", label="real")
+    for r in prediction.get("refreshes", []):
+        ax2.plot(r["steps"], r["eval_metric"], ":", marker=".", ms=3, label=f"refresh at step {r['step']}")
     lo, hi = prediction["metric_interval"]
     ax2.axhspan(lo, hi, alpha=0.15, label="interval of predicted best")
     for key, style in (("zero_shot", ":"), ("linear_probe", "-.")):

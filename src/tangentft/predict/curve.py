@@ -108,20 +108,30 @@ def lora_a_travel(cfg: TrainConfig, plan: StepPlan, a_rms: float | None) -> floa
 
 
 def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, draws: int,
-              seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Best eval metric of ``draws`` replays, each on a resample (with replacement) of the kernel sample."""
+              seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None,
+              plan: StepPlan | None = None) -> np.ndarray:
+    """(best, final) eval metric of ``draws`` replays of ``plan`` (default: the run's whole plan), each on a
+    resample (with replacement) of the kernel sample; shape (draws, 2)."""
     n, K = f0.shape
+    plan = plan or step_plan(cfg, n)
     rng = np.random.default_rng(seed)
-    best = []
+    out = []
     for _ in range(draws):
         idx = np.sort(rng.integers(0, n, n))
         rows = (idx[:, None] * K + np.arange(K)).ravel()
-        c = simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, step_plan(cfg, n),
+        c = simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, plan,
                      loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay,
                      pull=cfg.reg, lam=cfg.lam,
                      j_theta0=None if j_theta0 is None else (j_theta0[0][idx], j_theta0[1]))
-        best.append(c.best_metric)
-    return np.asarray(best)
+        out.append((c.best_metric, c.eval_metric[-1]))
+    return np.asarray(out, dtype=np.float64)
+
+
+def remaining_plan(plan: StepPlan, step: int) -> StepPlan | None:
+    """The steps of ``plan`` after ``step``, renumbered from 0 (its eval steps too); None when none is left."""
+    if step >= len(plan.lrs):
+        return None
+    return StepPlan(plan.lrs[step:], plan.batches[step:], [s - step for s in plan.eval_steps if s >= step])
 
 
 @dataclass
@@ -131,8 +141,8 @@ class RunKernels:
 
     k_train: np.ndarray
     k_cross: np.ndarray
-    kp_train: np.ndarray
-    kp_cross: np.ndarray
+    kp_train: np.ndarray | None
+    kp_cross: np.ndarray | None
     f0: np.ndarray
     f0_eval: np.ndarray
     y: np.ndarray
@@ -159,10 +169,31 @@ def parameterized_model(cfg: TrainConfig, spec, train: list):
     return method, tm, method.kernel_selection(tm)
 
 
+def check_refreshable(cfg: TrainConfig) -> None:
+    """Refuse, before any run starts, a method whose kernel cannot be re-taken at a trained step: one whose kernel
+    is taken on the un-adapted model (S2FT: its trained deltas live in an adapter the kernel engine does not
+    differentiate)."""
+    from ..methods.base import FineTuneMethod, get_method
+
+    if get_method(cfg.method).kernel_selection is not FineTuneMethod.kernel_selection:
+        raise TangentError(f"method '{cfg.method}': its kernel is taken on the un-adapted model at θ0, so it cannot "
+                           "be re-taken at a trained step (kernel refresh)")
+
+
+def load_trained_state(cfg: TrainConfig, method, task_model, state: dict) -> None:
+    """Put a run's trained tensors (a checkpoint's ``model_state``) into the model :func:`parameterized_model`
+    built, so its kernel is the one at θ_t (:func:`check_refreshable` says for which methods it can be)."""
+    check_refreshable(cfg)
+    method.load_checkpoint_state(task_model, state)
+
+
 def run_kernels(cfg: TrainConfig, *, n: int | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> RunKernels:
+                progress: Callable[[str, int, int], None] | None = None, state: dict | None = None) -> RunKernels:
     """Draw the run's own examples, parameterize a fresh model the way its method will, and compute the kernels
-    (see :class:`RunKernels`). ``n`` caps the kernel sample (default: all training examples up to 256)."""
+    (see :class:`RunKernels`). ``n`` caps the kernel sample (default: all training examples up to 256).
+
+    ``state`` (a checkpoint's ``model_state``, the trained tensors at step t) re-takes every kernel and output at
+    θ_t instead of θ0 — a kernel refresh; the probe, a θ0 baseline, is then not recomputed (its kernels are None)."""
     from ..ntk import empirical_ntk_pair
     from ..train.loop import split_data
 
@@ -176,6 +207,8 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
         raise TangentError(f"prediction needs at least 2 training examples, got n={n}")
     x = data.train if n == len(data.train) else sample_n(data.train, n, cfg.seed)
     method, tm, selection = parameterized_model(cfg, task.spec, data.train)
+    if state is not None:
+        load_trained_state(cfg, method, tm, state)
     signgd = cfg.optimizer == "adamw"
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
@@ -187,7 +220,7 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     y, ye = tm.targets(x).double().numpy(), tm.targets(data.eval).double().numpy()
     decayed = method.decay_selection(selection)
     jt = (j_theta0(tm, decayed, x), j_theta0(tm, decayed, data.eval)) if cfg.weight_decay and decayed else None
-    kp_train, kp_cross = baselines.probe_kernels(tm, x, data.eval, signgd=signgd)
+    kp_train, kp_cross = baselines.probe_kernels(tm, x, data.eval, signgd=signgd) if state is None else (None, None)
     return RunKernels(k_train.matrix, k_cross.matrix, kp_train, kp_cross, f0, f0e, y, ye, jt, task.spec.kind, signgd,
                       len(data.train), selection.to_json(), tm.head is not None,
                       {"load_s": t_load, "kernel_s": t_kernel, "outputs_s": time.perf_counter() - t}, lora_a_rms(tm))
@@ -208,7 +241,7 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     curve = simulate(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
     boot = bootstrap(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, kind, loss, draws, cfg.seed,
                      rk.j_theta0)
-    lo, hi = (float(v) for v in np.nanpercentile(boot, [2.5, 97.5]))
+    lo, hi = (float(v) for v in np.nanpercentile(boot[:, 0], [2.5, 97.5]))
     width = hi - lo
     n_needed = int(math.ceil(n * (width / TARGET_WIDTH) ** 2)) if width > TARGET_WIDTH else n
     probe = simulate(rk.kp_train, rk.kp_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
