@@ -178,8 +178,8 @@ def test_lora_candidates_get_the_lora_kernel_and_the_report_ends_with_the_run(tm
     from tangentft.analysis.run import lora_candidates
     from tangentft.cli.main import app
 
-    assert lora_candidates("lora(r=4):q,v@0", "o@1;head") == "lora(r=4):o@1;head"
-    assert lora_candidates("q,v@0", "o@1") == "o@1"
+    assert str(lora_candidates("lora(r=4):q,v@0", "o@1;head")) == "lora(r=4):o@1;head"
+    assert str(lora_candidates("q,v@0", "o@1")) == "o@1"
     out = tmp_path / "an"
     res = CliRunner().invoke(app, ["analyze", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--params",
                                    "lora(r=4):q,v@0", "--candidates", "o@1", "--n", "8", "--n-eval", "8",

@@ -92,17 +92,27 @@ def _theory_section(rec: Recommendation) -> list[str]:
     return lines + [f"- {note}" for note in rec.theory_notes]
 
 
-def _run_section(rp: dict | None, command: str | None) -> list[str]:
-    """The report's end: the predicted curve of the run to launch, then its ``tangentft train`` command."""
-    if not rp or not command:
+def _run_section(rp: dict | None, rec: Recommendation) -> list[str]:
+    """The report's end: the decision, the predicted curve of the run to launch, then its ``tangentft train``
+    command — or, when no run is predicted to beat zero-shot, that verdict and what to try instead, with the best
+    run checked kept as a reference (not a recommendation)."""
+    if not rp or not rec.train_command:
         return []
+    if rec.predicted_gain is False:
+        return ["", "## No run to launch", "", f"**Decision:** {rec.decision}.", "",
+                "The best run checked, for reference (not a recommendation):", "", *_run_curve(rp, rec.train_command)]
+    decision = [f"**Decision:** {rec.decision}.", ""] if rec.decision else []
+    return ["", "## The run to launch", "", *decision, *_run_curve(rp, rec.train_command)]
+
+
+def _run_curve(rp: dict, command: str) -> list[str]:
+    """A predicted run: what it is, its best step against the baselines, its curve and its command."""
     name = rp["metric_name"]
     lo, hi = rp["metric_interval"]
     b = rp.get("baselines", {})
     beats = all(rp["best_metric"] > v for v in (b.get("zero_shot"), b.get("majority"), b.get("linear_probe"))
                 if v is not None and v == v)
-    lines = ["", "## The run to launch", "",
-             f"{ {'adamw': 'AdamW', 'sgd': 'SGD'}.get(rp['optimizer'], rp['optimizer'])} on the analysed parameters "
+    lines = [f"{ {'adamw': 'AdamW', 'sgd': 'SGD'}.get(rp['optimizer'], rp['optimizer'])} on the analysed parameters "
              f"plus the recommended candidate groups, stopped at its predicted best step. Predicted from the {rp['kernel']} kernel of exactly these parameters on the run's "
              f"own n = {rp['n']} training examples, replayed over its steps: best eval {name} "
              f"**{_g(rp['best_metric'], 3)}** [{_g(lo, 3)}, {_g(hi, 3)}] at step {rp['best_step']} (over a ten-epoch "
@@ -110,7 +120,7 @@ def _run_section(rp: dict | None, command: str | None) -> list[str]:
              f"interval below 2 points needs n ≈ {rp['n_for_2_points']}. Baselines: zero-shot "
              f"{_g(b.get('zero_shot'), 3)}, majority {_g(b.get('majority'), 3)}, linear probe "
              f"{_g(b.get('linear_probe'), 3)} — the prediction "
-             + ("beats all of them." if beats else "does NOT beat all of them: do not act on it."), "",
+             + ("beats all of them." if beats else "does NOT beat all of them."), "",
              f"| step | predicted eval_loss | predicted eval {name} |", "|---|---|---|"]
     for s_, loss, m in zip(rp["steps"], rp["eval_loss"], rp["eval_metric"], strict=True):
         lines.append(f"| {s_} | {_g(loss)} | {_g(m, 3)} |")
@@ -230,7 +240,7 @@ def render_markdown(rep: AnalysisReport) -> str:
     ]
     lines += [f"- Note: {n}" for n in notes]
     lines += _theory_section(rec)
-    lines += _run_section(rep.run_prediction, rec.train_command)
+    lines += _run_section(rep.run_prediction, rec)
     return "\n".join(lines) + "\n"
 
 

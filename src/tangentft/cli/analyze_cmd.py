@@ -116,7 +116,9 @@ def analyze(
     console.print(f"predicted run: best {rp['metric_name']} {format_number(rp['best_metric'])} "
                   f"[{format_number(rp['metric_interval'][0])}, {format_number(rp['metric_interval'][1])}] at step "
                   f"{rp['best_step']}", highlight=False)
-    console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
+    console.print(f"decision: {rec.decision}", highlight=False, soft_wrap=True)
+    if rec.predicted_gain:
+        console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}")
 
 

@@ -27,9 +27,9 @@ THEORY_OUT = "runs/theory"
 
 def _method(params: str) -> str:
     """lora when the selection trains LoRA factors (its candidates are LoRA adapters too), full otherwise."""
-    from ..models.selection import parse_spec
+    from ..models.spec import Spec
 
-    return "lora" if any(t.lora is not None for t in parse_spec(params)) else "full"
+    return "lora" if Spec.parse(params).lora_terms else "full"
 
 
 def _params(rep: AnalysisReport) -> str:
@@ -92,9 +92,40 @@ def predict_recommended(rep: AnalysisReport, *, n: int | None = None,
     rec = rep.recommendation
     if rec is not None:
         rec.train_command = chosen.command_line(RUN_OUT, predict=True)
+        rec.predicted_gain, rec.decision = decide(pred, rep)
         if rec.theory_lr is not None:
             rec.theory_command = theory_run(rep).command_line(THEORY_OUT)
     return pred
+
+
+def decide(pred: dict, rep: AnalysisReport) -> tuple[bool, str]:
+    """Whether to launch the predicted run: it must beat not training — the zero-shot model and the majority
+    class — at its predicted best step. Returns (gain, the sentence saying so); without a gain the sentence names
+    what to try instead, read off the prediction (a curve best at step 0, an interval too wide, a probe that
+    matches) rather than a fixed list."""
+    b = pred.get("baselines", {})
+    name, best = pred["metric_name"], pred["best_metric"]
+    bars = {k: v for k, v in (("zero-shot", b.get("zero_shot")), ("majority", b.get("majority")))
+            if v is not None and v == v}
+    if bars and all(best > v for v in bars.values()):
+        return True, (f"launch it: predicted best {name} {best:.3g} at step {pred['best_step']} beats "
+                      + ", ".join(f"{k} {v:.3g}" for k, v in bars.items()))
+    bar, value = max(bars.items(), key=lambda kv: kv[1]) if bars else ("zero-shot", float("nan"))
+    tries = []
+    if pred["horizon"]["best_step"] <= 0:
+        tries.append(f"a smaller learning rate (at --lr {pred['lr']:g} the predicted curve is best at step 0)")
+    if pred.get("n_for_2_points") and pred["n_for_2_points"] > pred["n"]:
+        tries.append(f"more examples (the interval needs n ≈ {pred['n_for_2_points']} for ±2 points; "
+                     f"analyze with --num-examples {min(pred['n_for_2_points'], 4 * pred['n'])})")
+    probe = b.get("linear_probe")
+    if probe is not None and probe == probe and probe > value:
+        tries.append(f"a linear probe on the frozen features (predicted {probe:.3g})")
+    tries.append("other parameters (more layers or a higher rank in --params, or the candidates the ranking puts "
+                 "first)")
+    if rep.task_kind == "classification":
+        tries.append("another prompt (--template/--label-words): zero-shot sets the bar here")
+    return False, (f"no candidate is predicted to beat {bar} ({value:.3g}): the best predicted run reaches {name} "
+                   f"{best:.3g} at step {pred['best_step']}, so keep the model as it is, or try " + "; ".join(tries))
 
 
 def analyze_and_recommend(model: str, task: str, params: str | None = None, candidates: str | None = None, *,

@@ -138,7 +138,7 @@ class S2FTMethod(FineTuneMethod):
         whole: dict[str, ParamBlock] = {}
         for b in resolve(task_model, extra).blocks:
             whole.setdefault(b.name, replace(b, out_idx=None, in_idx=None))
-        return sel + ParamSelection(list(whole.values()), extra)
+        return sel + ParamSelection(list(whole.values()), str(extra))
 
     def kernel_selection(self, task_model: nn.Module) -> ParamSelection:
         """:meth:`selection` on the unchanged ``task_model`` (recorded as ``selected``); no adapter is injected.
@@ -179,12 +179,12 @@ class S2FTMethod(FineTuneMethod):
         return list(task_model.head.parameters()) if task_model.head is not None else []
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
-        """PEFT adapter folder ``out_dir/adapter`` + other trained tensors (an encoder head) in ``extra.safetensors``."""
+        """PEFT adapter folder ``out_dir/adapter`` (with an encoder's head, trained or seeded, as ``modules_to_save``)
+        + other trained tensors (an encoder head) in ``extra.safetensors``."""
         from ..lora import save_peft_adapter
 
         out_dir = Path(out_dir)
-        trains_head = model.head is not None and any(p.requires_grad for p in model.head.parameters())
-        save_peft_adapter(model.peft_model, out_dir / "adapter", head=model.head if trains_head else None)
+        save_peft_adapter(model.peft_model, out_dir / "adapter", head=model.head)
         extra = {n: p for n, p in model.named_parameters() if p.requires_grad and ".s2ft_delta." not in n}
         if extra:
             save_safetensors(out_dir / "extra.safetensors", extra, {"method": self.name})
