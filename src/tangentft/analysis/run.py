@@ -75,11 +75,27 @@ def analyze_kernels(
         raise TangentError(f"analysis needs at least 2 training examples, got {n}")
     t0 = time.perf_counter()
     spec = spectrum.spectrum(k_base)
+    out = _spectrum_fields(spec, sigma) | {"n": n, "K": num_out, "kernel_shape": list(np.shape(k_base))}
+    cv = krr.cv_sigma(k_base, y, f0, folds=min(4, n), seed=seed)
+    out["krr"], fit = _ridge_fields(k_base, k_cross, y, f0, y_eval, f0_eval, cv, task_kind, seed)
+    out["baselines"] = {"zero_shot": out["krr"]["zero_shot_metric"],
+                        "majority": baselines.majority_metric(y, np.asarray(y_eval), task_kind)[1]}
+    rb = bounds.risk_bounds(spec, bounds.residual_targets(y, f0), cv.sigma)
+    out["risk_bounds"] = rb.to_json()
+    out["risk_bounds"]["brackets_krr"] = bool(rb.lower * (1 - 1e-9) <= fit.train_risk <= rb.upper * (1 + 1e-9))
+    out.update(_candidate_fields(k_base, candidates, n, sigma, seed))
+    # early stopping (early-stopping paper §3.5)
+    out["stopping"] = stopping.kernel_stopping_rule(k_base, y, f0, step_size=step_size, noise=noise, cv=cv, seed=seed)
+    # LoRA rank (LoRA-NTK paper): N examples, K outputs
+    out["lora_min_rank"] = lora_rank.min_rank(num_out, n)
+    out["timings"] = {"analysis_s": time.perf_counter() - t0}
+    return KernelAnalysis(**out)
+
+
+def _spectrum_fields(spec: spectrum.Spectrum, sigma: float) -> dict:
+    """Eigenvalues, κ(K+σI) at σ and over a σ grid, effective rank and the fitted decay β (or why it failed)."""
     grid = np.logspace(-6, 2, 9)
     out: dict = {
-        "n": n,
-        "K": num_out,
-        "kernel_shape": list(np.shape(k_base)),
         "eigenvalues": spec.eigenvalues.tolist(),
         "lambda_max": spec.lambda_max,
         "lambda_min": spec.lambda_min,
@@ -98,13 +114,15 @@ def analyze_kernels(
         out.update(decay_beta=dec.beta, decay_beta_stderr=dec.stderr, decay_window=list(dec.window), decay_r2=dec.r2)
     except TangentError as exc:
         out.update(decay_beta=None, decay_beta_stderr=None, decay_window=None, decay_r2=None, decay_note=exc.message)
+    return out
 
-    # kernel ridge prediction (eq. 14–17) with σ by cross-validation
-    cv = krr.cv_sigma(k_base, y, f0, folds=min(4, n), seed=seed)
+
+def _ridge_fields(k_base, k_cross, y, f0, y_eval, f0_eval, cv, task_kind: str, seed: int):
+    """(the report's ``krr`` fields, the fit): kernel ridge prediction (eq. 14–17) at the cross-validated σ, scored
+    with the task metric training and task vectors report (:mod:`tangentft.data.metrics`), so the numbers compare."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         fit = krr.krr_predict(k_base, y, f0, cv.sigma, k_cross, f0_eval)
-    rb = bounds.risk_bounds(spec, bounds.residual_targets(y, f0), cv.sigma)
     kr: dict = {
         "sigma": cv.sigma,
         "cv": cv.to_json(),
@@ -113,7 +131,6 @@ def analyze_kernels(
         "dof": fit.dof,
         "warnings": [str(w.message) for w in caught],
     }
-    # the task metric training and task vectors report (tangentft.data.metrics), so the numbers compare
     if task_kind == "classification":
         labels, train_labels = np.asarray(y_eval).argmax(axis=1), y.argmax(axis=1)
     else:
@@ -127,32 +144,23 @@ def analyze_kernels(
         kr.update(eval_mse=m["mse"], eval_spearman=m["spearman"], zero_shot_mse=z["mse"])
     kr["sigma_spread"] = uncertainty.sigma_spread(k_base, y, f0, seed=seed)
     kr["theory_label"] = "ridge limit of gradient descent on the squared loss (the theory's number, not a run's curve)"
-    out["krr"] = kr
-    out["baselines"] = {"zero_shot": kr["zero_shot_metric"],
-                        "majority": baselines.majority_metric(y, np.asarray(y_eval), task_kind)[1]}
-    out["risk_bounds"] = rb.to_json()
-    out["risk_bounds"]["brackets_krr"] = bool(rb.lower * (1 - 1e-9) <= fit.train_risk <= rb.upper * (1 + 1e-9))
+    return kr, fit
 
-    # Algorithm 2 over the candidate groups
-    if candidates:
-        sel = perturbation.select_groups(k_base, candidates, sigma)
-        rec = recommend_subset(sel)
-        out["candidates"] = [c.to_json() for c in sel.ranking]
-        out["candidate_singles"] = [c.to_json() for c in sel.singles]
-        out["candidate_best_by_size"] = {str(s): c.to_json() for s, c in sel.best_by_size.items()}
-        out["candidate_method"] = sel.method
-        out["candidate_recommendation"] = rec.to_json()
-        out["candidate_uncertainty"] = uncertainty.ranking_uncertainty(k_base, candidates, n, sigma, seed=seed)
-    else:
-        out["candidates"] = []
 
-    # early stopping (early-stopping paper §3.5)
-    out["stopping"] = stopping.kernel_stopping_rule(k_base, y, f0, step_size=step_size, noise=noise, cv=cv, seed=seed)
-
-    # LoRA rank (LoRA-NTK paper): N examples, K outputs
-    out["lora_min_rank"] = lora_rank.min_rank(num_out, n)
-    out["timings"] = {"analysis_s": time.perf_counter() - t0}
-    return KernelAnalysis(**out)
+def _candidate_fields(k_base, candidates: Mapping[str, np.ndarray], n: int, sigma: float, seed: int) -> dict:
+    """Algorithm 2 over the candidate groups: ranking, singles, best subset per size, the recommended subset and
+    the ranking's bootstrap uncertainty."""
+    if not candidates:
+        return {"candidates": []}
+    sel = perturbation.select_groups(k_base, candidates, sigma)
+    return {
+        "candidates": [c.to_json() for c in sel.ranking],
+        "candidate_singles": [c.to_json() for c in sel.singles],
+        "candidate_best_by_size": {str(s): c.to_json() for s, c in sel.best_by_size.items()},
+        "candidate_method": sel.method,
+        "candidate_recommendation": recommend_subset(sel).to_json(),
+        "candidate_uncertainty": uncertainty.ranking_uncertainty(k_base, candidates, n, sigma, seed=seed),
+    }
 
 
 def _sample(task, n: int, n_eval: int | None, seed: int):

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..io import format_number
+from ..models.spec import DEFAULT_LORA_RANK
 from .common import (
     NUM_LABELS_HELP,
     SCORE_RANGE_HELP,
@@ -29,7 +30,7 @@ def analyze(
     model: str = typer.Option(None, "--model", "-m", help="Model name (tangentft models), folder or hub id."),
     task: str = typer.Option(None, "--task", "-t", help="Task folder or file, e.g. ../shared/data/sst2."),
     params: str = typer.Option(None, "--params", "-p", help="Trained parameters, e.g. 'lora(r=8):q,v@0,15,29' "
-                               "(default: LoRA r=8 on q,v of the first, middle and last layers, plus an encoder's head)."),
+                               f"(default: LoRA r={DEFAULT_LORA_RANK} on q,v of the first, middle and last layers, plus an encoder's head)."),
     candidates: str = typer.Option(None, "--candidates", "-c", help="Candidate groups to rank, e.g. 'o@::5'."),
     n: int = typer.Option(32, "--num-examples", "--n", help="Training examples in the kernel, balanced per class when possible (--n is the old spelling)."),
     n_eval: int = typer.Option(None, "--n-eval", help="Eval examples for the kernel-ridge prediction (default: n)."),

@@ -20,7 +20,7 @@ from ..device import seeded
 from ..errors import TangentError
 from ..io import save_safetensors, write_json
 from ..models.selection import register_term_kind, resolve, term_module_paths
-from ..models.spec import LoraOptions, Spec, SpecTerm
+from ..models.spec import DEFAULT_LORA_RANK, LoraOptions, Spec, SpecTerm
 from .base import FineTuneMethod, MethodConfig, register_method
 
 HEAD_MODULE = "task_head"  # the encoder head's module name inside a stand-alone adapter's base model
@@ -146,7 +146,7 @@ def lora_spec(task_model, params: Spec | None, r: int | None = None, alpha: floa
 class LoraMethodConfig(MethodConfig):
     """LoRA through PEFT; ``params`` like ``lora(r=8):q,v@0,15,29`` or plain ``q,v@all``."""
 
-    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (overrides the spec's r; default 8)."})
+    lora_r: int | None = field(default=None, metadata={"help": f"LoRA rank (overrides the spec's r; default {DEFAULT_LORA_RANK})."})
     lora_alpha: float | None = field(
         default=None, metadata={"help": "LoRA alpha (overrides the spec's alpha; default 2r)."}
     )
