@@ -1,6 +1,6 @@
 """An analysis's recommendation as runs of the trainer: the run to launch, its predicted curve, and the theory's run.
 
-:mod:`tangentft.analysis.run` computes the recommendation's numbers (it cannot build a :class:`TrainConfig`:
+:mod:`tangentft.analysis.analyze` computes the recommendation's numbers (it cannot build a :class:`TrainConfig`:
 analysis sits below train and predict); this module turns them into configs. The run to launch (:func:`recommended_run`) is
 AdamW on the analysed parameters plus the recommended candidate groups, stopped at the best step its predicted
 curve shows (:func:`predict_recommended`); its command is the report's ``train_command``, the one the report ends
@@ -39,7 +39,7 @@ def _params(rep: AnalysisReport) -> str:
 
 def recommended_run(rep: AnalysisReport, *, steps: int | None = None, lr: float | None = None) -> TrainConfig:
     """The run that applies an ``analyze`` report's recommendation: its parameters plus the recommended candidate
-    groups (:func:`tangentft.analysis.run.recommended_params`), the LoRA method when they are LoRA factors, AdamW,
+    groups (:func:`tangentft.analysis.analyze.recommended_params`), the LoRA method when they are LoRA factors, AdamW,
     trained on the analysis's own kernel sample (``n_train`` = n, same seed and eval examples); ``steps`` defaults
     to ten epochs at batch 8 (10 to 200 steps), ``lr`` to the config's default."""
     params = _params(rep)
@@ -57,7 +57,7 @@ def _round(x: float) -> float:
 
 def theory_run(rep: AnalysisReport) -> TrainConfig:
     """The theory's run of a report whose recommendation has its numbers
-    (:func:`tangentft.analysis.run.theory_run_numbers`): full-batch SGD on the mean squared loss over the n
+    (:func:`tangentft.analysis.analyze.theory_run_numbers`): full-batch SGD on the mean squared loss over the n
     analysed examples, lr = α/2, the pull λ_train = 2λ/(n·K) toward θ0, T̂ steps (stretched where the pull
     needs smaller steps), no warmup."""
     rec = rep.recommendation
@@ -131,11 +131,11 @@ def decide(pred: dict, rep: AnalysisReport) -> tuple[bool, str]:
 def analyze_and_recommend(model: str, task: str, params: str | None = None, candidates: str | None = None, *,
                           n: int = 32, out: str | Path | None = None,
                           progress: Callable[[str, int, int], None] | None = None, **options: Any) -> AnalysisReport:
-    """``analyze``: the pre-training analysis (:func:`tangentft.analysis.run.analyze`, ``options`` are its keyword
+    """``analyze``: the pre-training analysis (:func:`tangentft.analysis.analyze.analyze`, ``options`` are its keyword
     arguments), then the run to launch and its predicted curve (:func:`predict_recommended`). With ``out``, writes
     report.json, report.md, the figures and the kernel there. Returns the report."""
+    from ..analysis.analyze import analyze
     from ..analysis.report import write_report
-    from ..analysis.run import analyze
 
     rep, k_base, kernel = analyze(model, task, params, candidates, n=n, progress=progress, **options)
     predict_recommended(rep, n=n, progress=progress)

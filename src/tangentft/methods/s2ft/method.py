@@ -23,7 +23,7 @@ from ...models.selection import ParamBlock, ParamSelection
 from ...models.structure import StructureMap
 from ..base import FineTuneMethod, MethodConfig, register_method
 from .config import S2FTConfig
-from .selection import select, slice_selection
+from .selection import pick_units, slice_selection
 
 
 def parse_ratios(text: str) -> dict[str, float]:
@@ -161,7 +161,7 @@ class S2FTMethod(FineTuneMethod):
 
     def rank_units(self, task_model, progress: Callable[[int, int], None] | None = None) -> dict:
         """The units (heads/channels per layer) this config trains on ``task_model``: the selection dict of
-        :func:`tangentft.methods.s2ft.selection.select`, calibrated for strategies A/S/G on this method's
+        :func:`tangentft.methods.s2ft.selection.pick_units`, calibrated for strategies A/S/G on this method's
         calibration examples; ``progress(done, total)`` ticks once per calibration batch."""
         peft_config = self.config.to_peft()
         calibration = None
@@ -169,7 +169,7 @@ class S2FTMethod(FineTuneMethod):
             calibration = task_calibration(task_model, self._calibration_examples(peft_config))
             if progress is not None:
                 calibration = _ticking(calibration, progress)
-        return select(task_model.hf, task_model.structure, peft_config, calibration)
+        return pick_units(task_model.hf, task_model.structure, peft_config, calibration)
 
     def _extra_parameters(self, task_model) -> list[nn.Parameter]:
         if self.config.params:
@@ -214,7 +214,7 @@ def choose_units(model: str, config: S2FTMethodConfig, *, template: str | None =
         from ...models.registry import load_model
 
         loaded = load_model(model, seed=config.seed, device=device, dtype=dtype)
-        return select(loaded.model, loaded.structure, peft_config), loaded.structure
+        return pick_units(loaded.model, loaded.structure, peft_config), loaded.structure
     from ...data import load_task
     from ...models.task_model import build_task_model
 
