@@ -46,7 +46,7 @@ def test_spec_is_a_value_rendered_back_to_its_text():
         ("lora:head", "can only adapt projections"),
         ("lora(r=2.5):q", "whole number"),
         ("lora(alpha=0):q", "alpha must be positive"),
-        ("q@5", "layer 5 in 'q@5' does not exist"),
+        ("q@5", "layer 5 in '@5' does not exist"),
         ("q@4::", "selects no layer"),
     ],
 )

@@ -85,19 +85,21 @@ class SpecTerm:
     text: str = ""
     body: str = ""
     stride: tuple[int | None, int | None, int | None] | None = None
+    at: str = ""  # the LAYERS text, for messages
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:
         """The layers this term names in a model of ``num_layers`` layers (an error for one it lacks)."""
         if self.stride is not None:
             out = tuple(range(num_layers)[slice(*self.stride)])
             if not out:
-                raise TangentError(f"layer slice in '{self.text}' selects no layer of a {num_layers}-layer model")
+                raise TangentError(f"layer slice '@{self.at}' in '{self.text}' selects no layer of a {num_layers}-layer "
+                                   "model")
             return out
         if self.layers is None:
             return tuple(range(num_layers))
         beyond = [i for i in self.layers if not 0 <= i < num_layers]
         if beyond:
-            raise TangentError(f"layer {beyond[0]} in '{self.text}' does not exist: the model has layers "
+            raise TangentError(f"layer {beyond[0]} in '@{self.at}' does not exist: the model has layers "
                                f"0-{num_layers - 1}")
         return self.layers
 
@@ -162,7 +164,7 @@ def _parse_term(raw: str) -> SpecTerm:
     if lora is not None and any(t not in ALL_ROLES and t not in ALIASES for t in targets):
         raise TangentError(f"LoRA term '{raw}' can only adapt projections ({', '.join(ALL_ROLES)})")
     layers, stride = _parse_layers(layers_text, raw)
-    return SpecTerm(tuple(dict.fromkeys(targets)), layers, part, lora, raw, body, stride)
+    return SpecTerm(tuple(dict.fromkeys(targets)), layers, part, lora, raw, body, stride, layers_text.strip())
 
 
 @dataclass(frozen=True)
