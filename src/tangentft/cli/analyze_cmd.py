@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..io import format_number
-from ..models.spec import DEFAULT_LORA_RANK
+from ..models.spec import DEFAULT_LORA_RANK, Spec
 from .common import (
     NUM_LABELS_HELP,
     SCORE_RANGE_HELP,
@@ -91,6 +91,10 @@ def analyze(
     from ..predict.recommend import analyze_and_recommend
 
     check_out_dir(out)
+    if candidates is not None and not candidates.strip():
+        raise TangentError("--candidates is empty: give a selection spec such as 'o@::5'")
+    # the specs are parsed here, where their text enters, and travel down as values
+    params, candidates = (None if text is None else Spec.parse(text) for text in (params, candidates))
     distributed.init(resolve_device(device))
     main = distributed.is_main()
     try:

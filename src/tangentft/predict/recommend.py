@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.result import AnalysisReport
+from ..models.spec import Spec
 from ..train.config import TrainConfig
 from .curve import predict_with, run_kernels
 
@@ -27,8 +28,6 @@ THEORY_OUT = "runs/theory"
 
 def _method(params: str) -> str:
     """lora when the selection trains LoRA factors (its candidates are LoRA adapters too), full otherwise."""
-    from ..models.spec import Spec
-
     return "lora" if Spec.parse(params).lora_terms else "full"
 
 
@@ -128,7 +127,8 @@ def decide(pred: dict, rep: AnalysisReport) -> tuple[bool, str]:
                    f"{best:.3g} at step {pred['best_step']}, so keep the model as it is, or try " + "; ".join(tries))
 
 
-def analyze_and_recommend(model: str, task: str, params: str | None = None, candidates: str | None = None, *,
+def analyze_and_recommend(model: str, task: str, params: str | Spec | None = None,
+                          candidates: str | Spec | None = None, *,
                           n: int = 32, out: str | Path | None = None,
                           progress: Callable[[str, int, int], None] | None = None, **options: Any) -> AnalysisReport:
     """``analyze``: the pre-training analysis (:func:`tangentft.analysis.analyze.analyze`, ``options`` are its keyword
