@@ -91,10 +91,7 @@ def analyze(
     from ..predict.recommend import analyze_and_recommend
 
     check_out_dir(out)
-    if candidates is not None and not candidates.strip():
-        raise TangentError("--candidates is empty: give a selection spec such as 'o@::5'")
-    # the specs are parsed here, where their text enters, and travel down as values
-    params, candidates = (None if text is None else Spec.parse(text) for text in (params, candidates))
+    params, candidates = _specs(params, candidates)
     distributed.init(resolve_device(device))
     main = distributed.is_main()
     try:
@@ -125,6 +122,15 @@ def analyze(
     if rec.predicted_gain:
         console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}")
+
+
+def _specs(params: str | None, candidates: str | None) -> tuple[Spec | None, Spec | None]:
+    """--params and --candidates parsed here, where their text enters; they travel down as values."""
+    from ..errors import TangentError
+
+    if candidates is not None and not candidates.strip():
+        raise TangentError("--candidates is empty: give a selection spec such as 'o@::5'")
+    return tuple(None if text is None else Spec.parse(text) for text in (params, candidates))
 
 
 def _against(run_dir: Path, out: Path | None, n: int) -> None:
