@@ -19,7 +19,7 @@ takes a spec apart. :class:`LoraOptions` holds the LoRA term's defaults (r = 8, 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from ..errors import TangentError
@@ -169,9 +169,11 @@ def _parse_term(raw: str) -> SpecTerm:
 
 @dataclass(frozen=True)
 class Spec:
-    """A parsed selection spec: its terms, in order. ``str(spec)`` is its text (each term as written)."""
+    """A parsed selection spec: its terms, in order. ``str(spec)`` is its text: as written when parsed (so a config
+    file keeps the user's spelling), its terms joined by ``;`` when built by a rewrite."""
 
     terms: tuple[SpecTerm, ...]
+    source: str | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, text: str | Spec) -> Spec:
@@ -179,7 +181,7 @@ class Spec:
         return text if isinstance(text, Spec) else _parse(str(text))
 
     def __str__(self) -> str:
-        return ";".join(t.text for t in self.terms)
+        return self.source if self.source is not None else ";".join(t.text for t in self.terms)
 
     def __add__(self, other: Spec) -> Spec:
         return Spec(self.terms + other.terms)
@@ -235,4 +237,4 @@ def _parse(text: str) -> Spec:
     terms = tuple(_parse_term(raw.strip()) for raw in text.split(";") if raw.strip())
     if not terms:
         raise TangentError(f"empty parameter selection '{text}'")
-    return Spec(terms)
+    return Spec(terms, text)
