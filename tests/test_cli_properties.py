@@ -7,20 +7,24 @@ the hypothesis profile (tests/conftest.py): ``ci`` by default, ``--hypothesis-pr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import shutil
 import string
+import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import event, given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tangentft.cli.main import app
+from tangentft.io import LOCK
 
 runner = CliRunner()
 WORDS = "good bad movie film great awful plot actor boring fun dull superb weak story".split()
@@ -164,7 +168,10 @@ def test_selection_specs_compute_a_kernel_or_are_refused(task_dir, spec, groups,
 # -- numeric options -------------------------------------------------------------------------------------------
 weird_real = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
                        st.sampled_from(["0", "-1", "1e10", "1e30", "inf", "-inf", "nan", "1", "2", "x"]))
-weird_int = st.one_of(st.integers(-3, 0).map(str), st.sampled_from(["1.5", "x", "99999999999999999999"]))
+# Numeric extremes (issue 25): integers past 64 bits, either sign; floats past the double range, or -0.
+huge_int = st.sampled_from(["99999999999999999999999", "-99999999999999999999999", str(2**63), str(2**63 - 1)])
+weird_int = st.one_of(st.integers(-3, 0).map(str), st.sampled_from(["1.5", "x", "99999999999999999999"]), huge_int)
+weird_real = st.one_of(weird_real, st.sampled_from(["1e400", "-1e400", "-0", "1e-400"]))
 # Each option's usual values (a tiny run finishes in about a second) and the values that probe its edges.
 OPTIONS = {
     "--lr": (st.sampled_from(["1e-4", "1e-3", "0.05"]), weird_real),
@@ -180,7 +187,10 @@ OPTIONS = {
     "--n-eval": (st.sampled_from(["0", "3"]), st.sampled_from(["-1", "x"])),
     "--eval-every": (st.sampled_from([None, "1", "2"]), weird_int),
     "--early-stop": (st.sampled_from(["0", "1"]), st.sampled_from(["-1", "x"])),
+    "--seed": (st.sampled_from(["0", "1"]), st.one_of(huge_int, st.sampled_from(["-1", "x"]))),
 }
+# Options that act only through another one (issue 25): given alone, each must be refused, never recorded.
+PAIRED = {"--reg-per-element": [], "--predict-n": ["4"]}
 
 
 @st.composite
@@ -192,6 +202,9 @@ def numeric_options(draw):
         value = draw(edge if flag in broken else usual)
         if value is not None:
             args += [flag, value]
+    if draw(st.integers(0, 5)) == 5:  # now and then, an option without the one it needs
+        flag = draw(st.sampled_from(sorted(PAIRED)))
+        args += [flag, *PAIRED[flag]]
     return args
 
 
@@ -211,3 +224,96 @@ def test_numeric_options_train_or_are_refused(task_dir, options, method, reg):
             assert not out.exists()
     finally:
         shutil.rmtree(out.parent)
+
+
+# -- run folders: concurrent writers and full disks (issue 25) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(task_dir, tmp_path_factory) -> Path:
+    """A finished 2-step LoRA run to resume, overwrite or write beside."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    res = runner.invoke(app, [str(a) for a in ["train", "-m", "tiny-llama", "-t", task_dir, "--params", "lora(r=2):q@0",
+                                               "--max-steps", 2, "--n-eval", 3, "--probe-size", 2, "--out", out]])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Leave about ``leave`` bytes free on the file system of ``disk``."""
+    st_ = os.statvfs(disk)
+    free = st_.f_bavail * st_.f_frsize
+    if free > leave:
+        with open(disk / "filler", "wb") as fh:
+            fh.write(b"\0" * (free - leave))
+
+
+@contextlib.contextmanager
+def _disk(kind: str, monkeypatch_ctx):
+    """A folder on a roomy disk, or on a full one: a 256 kB tmpfs filled up to a few kB where this machine lets us
+    mount one, else every safetensors write failing with ENOSPC."""
+    root = Path(tempfile.mkdtemp())
+    mounted = False
+    try:
+        if kind == "full":
+            try:
+                mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(root)],
+                                         capture_output=True).returncode == 0
+            except OSError:  # no mount command here: ENOSPC is simulated below
+                mounted = False
+            if not mounted:
+                from safetensors import SafetensorError
+                from safetensors import torch as st_torch
+
+                def enospc(*_a, **_k):
+                    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+                monkeypatch_ctx.setattr(st_torch, "save_file", enospc)
+        yield root, mounted
+    finally:
+        if mounted:  # lazily: tensors loaded from the checkpoint may still map its file until collected
+            subprocess.run(["umount", "-l", str(root)], check=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != LOCK}
+
+
+@settings(max_examples=max(8, settings.default.max_examples // 5))
+@given(command=st.sampled_from(["fresh", "overwrite", "resume"]), locked=st.booleans(),
+       disk=st.sampled_from(["roomy", "roomy", "full"]), leave=st.sampled_from([0, 8192, 32768]))
+def test_a_run_folder_is_never_shared_nor_left_half_written(task_dir, finished_run, command, locked, disk, leave):
+    """Whatever runs into a folder another process holds, or onto a full disk: exit 0 or 2 with one error line, a
+    held folder is left exactly as it was, a refused fresh run leaves nothing, and a refused resume keeps a
+    checkpoint that still resumes."""
+    from tangentft.io import check_safetensors, folder_lock
+
+    with pytest.MonkeyPatch.context() as mp, _disk(disk, mp) as (root, mounted):
+        out = root / "run"
+        if command != "fresh":
+            shutil.copytree(finished_run, out)
+        if mounted:
+            _fill(root, leave)
+        before = _files(out) if out.exists() else {}
+        args = {"fresh": ["train", "-m", "tiny-llama", "-t", task_dir, "--params", "lora(r=2):q@0", "--max-steps", 2,
+                          "--n-eval", 3, "--probe-size", 2, "--out", out],
+                "overwrite": ["train", "-m", "tiny-llama", "-t", task_dir, "--method", "full", "--params", "q@0",
+                              "--max-steps", 2, "--n-eval", 3, "--probe-size", 2, "--overwrite", "--out", out],
+                "resume": ["train", "--resume", out, "--max-steps", 3]}[command]
+        if locked:
+            out.mkdir(exist_ok=True)
+            with folder_lock(out):
+                code, output = invoke(args)
+            assert code == 2 and f"{out} is in use by another tangentft process (pid {os.getpid()})" in output, output
+            assert _files(out) == before
+            return
+        code, output = invoke(args)
+        event(f"{command} on a {disk} disk: exit {code}")
+        if code == 0:
+            assert {"config.json", "summary.json", "checkpoint.safetensors"} <= {p.name for p in out.iterdir()}
+        elif command == "fresh":
+            assert not out.exists(), output
+        elif command == "resume":
+            assert set(before) <= set(_files(out)), output
+            check_safetensors(out / "checkpoint.safetensors")
+        else:  # overwrite replaces the old run as a whole once the new one has loaded: a failure leaves neither
+            assert not out.exists() or _files(out) == before, output

@@ -11,6 +11,8 @@ empty file is one clear line instead of a deserializer's traceback. JSON files a
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +47,8 @@ def staging_dir(target: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, _DIR_MODE)
     try:
         yield tmp
+    except OSError as exc:
+        raise TangentError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -110,6 +114,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk, a quota: the old file (if any) stays whole
+        raise TangentError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -138,6 +144,59 @@ def remove_dir(path: str | os.PathLike) -> None:
     trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
     os.replace(path, trash / path.name)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+LOCK = ".tangentft.lock"  # the lock file inside a folder a process writes into (see folder_lock)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock``) on the existing ``folder`` for the body, so two processes never
+    write one run folder at once; a second process is refused in one TangentError naming the holder's pid.
+
+    The lock belongs to the open file, so the kernel drops it when its process ends in any way: a killed run
+    never leaves a stale lock behind, and its folder can be resumed at once. The lock file stays (removing it
+    would let a third process lock a new file while the second still waits on the old one). On a file system
+    without ``flock`` the body runs unlocked, with a warning.
+    """
+    import warnings
+
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    except OSError as exc:
+        raise TangentError(f"cannot lock folder {folder}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise TangentError(f"{folder} is in use by another tangentft process (pid {holder}); wait for it to end "
+                               "or choose another folder") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            warnings.warn(f"{folder}: the file system cannot lock files ({exc.strerror}); nothing stops a second "
+                          "process writing into this folder at the same time", stacklevel=3)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def clear_dir(path: str | os.PathLike, keep: tuple[str, ...] = (LOCK,)) -> None:
+    """Delete everything in folder ``path`` but the names in ``keep`` (its lock file): the entries are moved
+    into a hidden sibling first and deleted there, so no half-deleted file is left under its name."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    try:
+        for entry in path.iterdir():
+            if entry.name not in keep:
+                os.replace(entry, trash / entry.name)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def check_safetensors(path: str | os.PathLike) -> dict[str, Any]:
@@ -242,18 +301,26 @@ def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON object as a line; a line is written in one ``write`` call and flushed."""
     path = Path(path)
     ensure_dir(path.parent)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(to_jsonable(record)) + "\n")
-        fh.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(to_jsonable(record)) + "\n")
+            fh.flush()
+    except OSError as exc:
+        raise TangentError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
     """Save a name -> tensor mapping with :mod:`safetensors` atomically (tensors made contiguous)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
+        try:
+            save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
+        except SafetensorError as exc:  # its I/O errors (a full disk) arrive as this, not as OSError
+            reason = str(exc).rsplit("I/O error: ", 1)[-1]
+            raise TangentError(f"cannot write {path}: {reason}") from None
     return Path(path)
 
 

@@ -38,6 +38,13 @@ def check_same_base(adapters: list[SparseAdapter]) -> None:
     Fingerprints over different module sets cannot be compared here; the fused adapter carries them all,
     so :func:`~tangentft.adapters.merge.check_base` still checks each against the model it is merged into.
     """
+    for i, a in enumerate(adapters):
+        for b in adapters[i + 1:]:
+            shared = {tuple(sorted(p)) for p, _ in a.fingerprints} & {tuple(sorted(p)) for p, _ in b.fingerprints}
+            if not shared and a.base and b.base and a.base != b.base:
+                # no module fingerprinted in both, so nothing confirms one base: the names recorded must agree
+                raise TangentError(f"adapters '{a.name}' and '{b.name}' were made for different base models "
+                                   f"('{a.base}' and '{b.base}'); fuse adapters of one base")
     seen: dict[tuple[str, ...], tuple[str, str]] = {}
     for a in adapters:
         for paths, digest in a.fingerprints:
@@ -52,11 +59,16 @@ def check_same_base(adapters: list[SparseAdapter]) -> None:
 
 def fuse(adapters: list[SparseAdapter], weights: list[float] | None = None, name: str = "fused") -> tuple[SparseAdapter, FusionReport]:
     """Σ_i w_i ΔW_i as one sparse adapter, plus the overlap report."""
+    import math
+
     if not adapters:
         raise TangentError("fuse: give at least one adapter")
     weights = [1.0] * len(adapters) if weights is None else list(weights)
     if len(weights) != len(adapters):
         raise TangentError(f"fuse: {len(weights)} weights for {len(adapters)} adapters")
+    bad = next((w for w in weights if not math.isfinite(w)), None)
+    if bad is not None:
+        raise TangentError(f"fuse: weight {bad} is not a finite number (weights {weights})")
     check_same_base(adapters)
     groups: dict[tuple[str, int], list[SparseDelta]] = {}
     for a, w in zip(adapters, weights, strict=True):
@@ -89,4 +101,5 @@ def fuse(adapters: list[SparseAdapter], weights: list[float] | None = None, name
         if len(ds) == 2:  # rows of one adapter cross columns of another
             report.overlaps[path] = report.overlaps.get(path, 0) + ds[0].index.numel() * ds[1].index.numel()
     fingerprints = list({(tuple(p), fp): (list(p), fp) for a in adapters for p, fp in a.fingerprints}.values())
-    return SparseAdapter(name, fused, fingerprints), report
+    bases = {a.base for a in adapters}
+    return SparseAdapter(name, fused, fingerprints, bases.pop() if len(bases) == 1 else None), report

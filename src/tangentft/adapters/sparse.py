@@ -47,11 +47,13 @@ class SparseDelta:
 
 @dataclass
 class SparseAdapter:
-    """A named sparse update and the base fingerprints ``[(paths, digest)]`` it applies to."""
+    """A named sparse update and the base fingerprints ``[(paths, digest)]`` it applies to; ``base`` is the base
+    model's name as its config records it (None when unknown)."""
 
     name: str
     deltas: list[SparseDelta]
     fingerprints: list[tuple[list[str], str]] = field(default_factory=list)
+    base: str | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -171,4 +173,4 @@ def load_adapter(path: str | Path, name: str | None = None) -> SparseAdapter:
         raise TangentError(f"{weights}: holds no S2FT deltas")
     # A run keeps its adapter in RUN/adapter: the run's name says which adapter it is.
     default = folder.resolve().parent.name if folder.name == "adapter" else folder.name
-    return SparseAdapter(name or cfg.name or default, deltas, fingerprints)
+    return SparseAdapter(name or cfg.name or default, deltas, fingerprints, cfg.base_model_name_or_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,6 +44,29 @@ def progress(transient: bool = False, disable: bool = False) -> Progress:
     )
 
 
+PLAIN_EVERY_S = 60.0  # a CI log gets a line a minute, not one per step
+
+
+class PlainProgress:
+    """Progress for a stderr that is not a terminal (a CI log, a pipe), where a live bar shows nothing until it
+    ends: one plain line ``what: done/total, elapsed`` at most every :data:`PLAIN_EVERY_S` seconds."""
+
+    def __init__(self, disable: bool = False):
+        import time
+
+        self.disable, self.clock = disable, time.monotonic
+        self.start = self.last = self.clock()
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        now = self.clock()
+        if self.disable or now - self.last < PLAIN_EVERY_S:
+            return
+        self.last = now
+        of = f"/{total}" if total else ""
+        err_console.print(f"{escape(what)}: {done}{of}, {now - self.start:.0f} s elapsed", highlight=False,
+                          soft_wrap=True)
+
+
 @contextlib.contextmanager
 def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
     """Yield ``update(stage, done, total, description=None)``, one bar per stage. The bars appear at the first
@@ -50,6 +74,7 @@ def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
     them. ``disable`` for ranks other than 0."""
     bar = progress(disable=disable)
     tasks: dict[str, int] = {}
+    plain = PlainProgress(disable or err_console.is_terminal)
 
     def update(stage: str, done: int, total: int | None, description: str | None = None) -> None:
         if not tasks:
@@ -57,6 +82,7 @@ def progress_by_stage(disable: bool = False) -> Iterator[Callable[..., None]]:
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total)
         bar.update(tasks[stage], completed=done, total=total, **({"description": description} if description else {}))
+        plain(description or stage, done, total)
 
     try:
         yield update
@@ -84,9 +110,13 @@ def parse_numbers(text: str | None, option: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        numbers = [float(x) for x in text.split(",")]
     except ValueError:
         raise TangentError(f"{option} must be comma-separated numbers, got '{text}'") from None
+    bad = next((x for x in numbers if not math.isfinite(x)), None)
+    if bad is not None:
+        raise TangentError(f"{option} must be finite numbers, got {bad} in '{text}'")
+    return numbers
 
 
 NUM_LABELS_HELP = "Classes of a classification task whose files do not show them all (labels 0..N-1)."
@@ -174,13 +204,43 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
+INT64 = 2**63 - 1  # torch's seeds, sizes and counts are 64-bit: a larger integer overflows deep inside it
+
+
+def _flags(fn: Callable) -> dict[str, str]:
+    """Each parameter of command ``fn`` -> the option a user types for it (its first ``--long`` name)."""
+    import inspect
+
+    out = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        decls = getattr(param.default, "param_decls", None) or ()
+        out[name] = next((d for d in decls if d.startswith("--")), f"--{name.replace('_', '-')}")
+    return out
+
+
+def check_numbers(values: dict, flags: dict[str, str]) -> None:
+    """Refuse, where the command line is parsed, every number no command can mean: a float option that is
+    NaN or infinite, an integer option outside the 64-bit range (one line naming the option and value)."""
+    for name, value in values.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise TangentError(f"{flags.get(name, name)} must be a finite number, got {v}")
+            if isinstance(v, int) and abs(v) > INT64:
+                raise TangentError(f"{flags.get(name, name)} {v} is out of range: integers here are at most {INT64}")
+
+
 def friendly(fn: Callable) -> Callable:
     """Decorator for commands: a TangentError becomes one red line and exit code 2, never a traceback;
-    an OSError (disk full, permission denied) one line naming the file; warnings one line each."""
+    an OSError (disk full, permission denied) one line naming the file; warnings one line each. Numeric
+    options are checked first (:func:`check_numbers`)."""
+    flags = _flags(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            check_numbers(kwargs, flags)
             with warnings.catch_warnings():
                 warnings.simplefilter("default")  # once per place per command, also when run in-process again
                 # A dependency's notice about its own API (torch.jit.script deprecated, …) is nothing a user can act on

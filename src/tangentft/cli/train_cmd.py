@@ -68,6 +68,8 @@ def _config(ctx: typer.Context) -> tuple[TrainConfig, Path]:
     from ..train.run import resume_config
 
     o = ctx.params
+    if o["predict_n"] is not None and not o["predict"]:
+        raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
     scores = task_options(o["num_labels"], o["score_range"])["score_range"]
     scores = list(scores) if scores else None
     method_options = _options(o["params"], o["lora_r"], o["lora_alpha"], o["method_opt"])
@@ -173,20 +175,35 @@ def train(
             if predict:
                 from ..predict.launch import train_with_prediction
 
+                # AdamW's curve comes from the SignGD kernel ⟨∇f(x), sign ∇f(x')⟩: the sign needs every example's
+                # gradient materialized (no Gram shortcut) and both triangles, so it costs several times the eNTK
+                # analyze computes for the same parameters.
+                kernel = ("SignGD kernel (AdamW; materializes every example's gradient)" if cfg.optimizer == "adamw"
+                          else "eNTK (SGD)")
+
+                def on_kernel(stage: str, done: int, total: int) -> None:
+                    loading.stop()
+                    update("predict", done, total, description=f"predicting the curve: {stage} passes, {kernel}")
+
                 summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
-                                                callback=on_step, n=predict_n)
+                                                callback=on_step, n=predict_n, progress=on_kernel)
             else:
                 summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
         finally:
             loading.stop()
             distributed.shutdown()
-    if not main:
-        return
+    if main:
+        _print_summary(cfg, out_dir, summary)
+
+
+def _print_summary(cfg: TrainConfig, out_dir: Path, summary: dict) -> None:
+    """The run's last evaluation, distance from θ0 and linearization gap, and its prediction against the real run."""
     last = summary.get("last") or {}
     name = last.get("eval_metric_name", "metric")
+    evaluated = (f"eval_loss {last['eval_loss']:.4f}  {name} {last['eval_metric']:.4f}"
+                 if last.get("eval_loss") is not None else "no eval examples")
     console.print(
-        f"[bold]{cfg.method}[/] {summary['steps']} steps  eval_loss {last.get('eval_loss', float('nan')):.4f}  "
-        f"{name} {last.get('eval_metric', float('nan')):.4f}  ‖θ−θ0‖ {last.get('theta_dist', 0):.4g}  "
+        f"[bold]{cfg.method}[/] {summary['steps']} steps  {evaluated}  ‖θ−θ0‖ {last.get('theta_dist', 0):.4g}  "
         f"lin_gap {last.get('lin_gap', 0):.4g}  → {out_dir}",
         highlight=False,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TangentError
+from .hub import offline_unless_reachable
 from .tasks import get_builtin_spec, spec_with_overrides, validate_label_words
 from .types import Example, TaskData, TaskSpec
 
@@ -125,14 +126,25 @@ def _resolve_columns(
         elif canon in by_lower and canon not in remapped:
             mapping[canon] = by_lower[canon]
 
+    for actual in mapping.values():
+        copies = [i + 1 for i, name in enumerate(found) if name.strip().lower() == actual.strip().lower()]
+        if len(copies) > 1:
+            raise TangentError(f"{where}:{line}: column {actual!r} appears {len(copies)} times in the header (columns "
+                               f"{', '.join(map(str, copies))}); keep one, or rename the others")
+    taken = {columns[c].strip().lower(): c for c in columns}
+
+    def missing(name: str, why: str) -> TangentError:
+        if name in by_lower and name in taken:  # the column is there, but the user's mapping gave it to another field
+            return TangentError(f"{where}:{line}: column {by_lower[name]!r} is mapped to '{taken[name]}', so the task "
+                                f"has no '{name}' column; map '{name}' to a column too; columns found: {listing}")
+        return TangentError(f"{where}:{line}: missing column '{name}'{why}; columns found: {listing}")
+
     if expect is not None:
         target, pair = expect.target, expect.pair
         needed = [target] + (["sentence1", "sentence2"] if pair else ["sentence"])
         for name in needed:
             if name not in mapping:
-                raise TangentError(
-                    f"{where}:{line}: missing column '{name}' ({expect.why}); columns found: {listing}"
-                )
+                raise missing(name, f" ({expect.why})")
         return target, pair, mapping
 
     if "label" in mapping:
@@ -140,24 +152,15 @@ def _resolve_columns(
     elif "score" in mapping:
         target = "score"
     else:
-        raise TangentError(
-            f"{where}:{line}: missing column 'label' (or 'score' for a regression task); "
-            f"columns found: {listing}"
-        )
+        raise missing("label", " (or 'score' for a regression task)")
     if "sentence" in mapping:
         return target, False, mapping
     if "sentence1" in mapping or "sentence2" in mapping:
         for name in ("sentence1", "sentence2"):
             if name not in mapping:
-                raise TangentError(
-                    f"{where}:{line}: missing column '{name}' (a sentence-pair task needs "
-                    f"sentence1 and sentence2); columns found: {listing}"
-                )
+                raise missing(name, " (a sentence-pair task needs sentence1 and sentence2)")
         return target, True, mapping
-    raise TangentError(
-        f"{where}:{line}: missing column 'sentence' (or 'sentence1' and 'sentence2'); "
-        f"columns found: {listing}"
-    )
+    raise missing("sentence", " (or 'sentence1' and 'sentence2')")
 
 
 def _read_text(path: Path) -> str:
@@ -340,6 +343,15 @@ def _split_files(folder: Path) -> dict[str, Path]:
             )
         found[key] = present[0]
     if not found:
+        # a split name that is there but is no readable file: say what it is instead of listing it as "found"
+        for split in SPLIT_NAMES:
+            for ext in FILE_EXTENSIONS:
+                path = folder / f"{split}{ext}"
+                if path.is_symlink() and not path.exists():
+                    raise TangentError(f"{path}: a symbolic link that leads nowhere (broken, or a loop); point it "
+                                       "at the split file")
+                if path.is_dir():
+                    raise TangentError(f"{path} is a folder, not a split file; the split file goes in its place")
         entries = sorted(p.name for p in folder.iterdir())
         listing = ", ".join(entries[:10]) + (", ..." if len(entries) > 10 else "") if entries else "nothing"
         raise TangentError(
@@ -420,6 +432,15 @@ def _build_spec(
                     f"task '{name}': {len(words)} label word(s) {words!r} given; "
                     "a classification task needs at least 2"
                 )
+            top = int(max(max(r.targets) for r in raws)) + 1
+            if num_labels is None and len(words) > top:
+                import warnings
+
+                warnings.warn(
+                    f"task '{name}': {len(words)} label words {words!r} given but the labels only reach {top - 1}: "
+                    f"class {top}{f'..{len(words) - 1}' if len(words) - 1 > top else ''} gets an output and no "
+                    "example; give one word per class, or "
+                    f"num_labels={len(words)} to say the files lack a class", stacklevel=4)
         elif num_labels is not None:
             words = [f" {i}" for i in range(num_labels)]
         else:
@@ -522,6 +543,32 @@ def _check_labels(spec: TaskSpec, raws: list[_RawSplit]) -> None:
         )
 
 
+def _check_texts(raws: list[_RawSplit]) -> None:
+    """A split whose every sentence is blank has nothing for a model to read: refuse it, naming the file."""
+    for raw in raws:
+        columns = [raw.texts] + ([raw.pairs] if raw.pair else [])
+        if all(not t.strip() for texts in columns for t in texts):
+            which = "sentence1 and sentence2" if raw.pair else "sentence"
+            raise TangentError(f"{raw.where}: every {which} is empty ({len(raw.texts)} rows); the task has no text to learn from")
+
+
+def _check_train_classes(spec: TaskSpec, raws: list[_RawSplit]) -> None:
+    """Warn when a class has examples in an evaluation split but none in train: the model gets an output for it
+    and no example to learn it from, so every such evaluation example is an error it could not avoid."""
+    import warnings
+
+    train = next((r for r in raws if r.split == "train"), None)
+    if spec.kind != "classification" or train is None:
+        return
+    seen = {int(t) for t in train.targets}
+    for raw in raws:
+        missing = sorted({int(t) for t in raw.targets} - seen)
+        if raw is not train and missing:
+            names = ", ".join(f"{c} ({spec.label_words[c].strip()!r})" for c in missing)
+            warnings.warn(f"{raw.where}: class {names} has examples here but none in {train.where}; the model gets no "
+                          "training example for it", stacklevel=4)
+
+
 def _to_task(
     name: str,
     raws: list[_RawSplit],
@@ -537,6 +584,8 @@ def _to_task(
     spec = _build_spec(name, raws, builtin, template, label_words, num_labels)
     _check_labels(spec, raws)
     _check_range(spec, raws, builtin, score_range)
+    _check_texts(raws)
+    _check_train_classes(spec, raws)
     splits: dict[str, list[Example]] = {}
     for raw in raws:
         prefix = raw.uid_prefix
@@ -587,7 +636,8 @@ def _load_hf(
         repo = _HF_ALIASES[alias]
     name = task_name or config or repo.rsplit("/", 1)[-1]
     try:
-        loaded = datasets.load_dataset(repo, config or None)
+        with offline_unless_reachable():
+            loaded = datasets.load_dataset(repo, config or None)
     except Exception as exc:  # network, auth and missing-config errors all arrive here
         first = (str(exc).strip().splitlines() or [""])[0]
         if _unreachable(exc):

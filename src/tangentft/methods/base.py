@@ -8,6 +8,7 @@ else about it: it calls :meth:`FineTuneMethod.prepare`, optimizes ``trainable_pa
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
@@ -62,6 +63,8 @@ class MethodConfig:
                 raise TangentError(f"option '{key}' does not apply to method '{method}' (its options: {opts})")
             # a config keeps the spec's text (config.json's form); the method config parses it
             kwargs[key] = str(value) if isinstance(value, Spec) else _coerce(key, value, known[key])
+            if isinstance(kwargs[key], float) and not math.isfinite(kwargs[key]):
+                raise TangentError(f"option {key}={value!r}: expected a finite number")
         return kwargs
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +96,9 @@ class FineTuneMethod(ABC):
     """Base class: subclasses set ``name`` and ``config_class`` and implement ``prepare`` and ``save``."""
 
     name: ClassVar[str]
+    # Weight dtypes the method trains with, and why any other is refused (None: all of them).
+    dtypes: ClassVar[tuple[str, ...] | None] = None
+    dtypes_why: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, config: MethodConfig | None = None):

@@ -201,6 +201,8 @@ class LinearizedMethod(FineTuneMethod):
     """Train f̄ (linearization paper, eq. 2) exactly: θ̄ is trainable, the network stays frozen at θ0."""
 
     name = "linearized"
+    dtypes = ("float32", "bfloat16")
+    dtypes_why = "its torch.func jvp mixes the fp32 trained tensors with float16 weights, which CPU autocast leaves apart"
     config_class = LinearizedConfig
 
     @property

@@ -8,6 +8,7 @@ kernel at init is the B-only kernel (LoRA-NTK paper, §3).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -120,7 +121,10 @@ def _inject(task_model, terms: list[SpecTerm], paths: list[str], *, r: int | Non
         # GPT-2's Conv1D stores weights (in, out); PEFT needs to be told.
         fan_in_fan_out=task_model.structure.arch == "gpt2",
     )
-    with seeded(seed, task_model.device):
+    _warn_rank_beyond_full(task_model, paths, opts.r)
+    # On the meta device (``plan``) the factors are shapes only: PEFT would otherwise allocate them on the CPU.
+    meta = torch.device("meta") if task_model.device.type == "meta" else contextlib.nullcontext()
+    with seeded(seed, task_model.device), meta:
         peft_model = get_peft_model(task_model.hf, config)
     # Not a submodule: the parameters are already reachable as task_model.hf.*; keep the wrapper for saving.
     object.__setattr__(task_model, "peft_model", peft_model)
@@ -130,6 +134,23 @@ def _inject(task_model, terms: list[SpecTerm], paths: list[str], *, r: int | Non
 def register_terms() -> None:
     """Give ``lora(...)`` selection terms their meaning (:func:`_inject`) wherever specs are resolved."""
     register_term_kind("lora", _inject)
+
+
+def _warn_rank_beyond_full(task_model, paths: list[str], r: int) -> None:
+    """Warn when r exceeds min(d_in, d_out) of a target: B·A of a d_out×d_in weight has rank at most that, so
+    the extra factors cost parameters (and memory) without allowing any update a full-rank adapter cannot make."""
+    import warnings
+
+    full = {}
+    for path in paths:
+        weight = getattr(task_model.hf.get_submodule(path), "weight", None)
+        if weight is not None and weight.dim() == 2:
+            full[path] = min(weight.shape)
+    if full and r > min(full.values()):
+        path = min(full, key=full.get)
+        warnings.warn(f"LoRA rank r={r} exceeds the full rank {full[path]} of {path} (min of its input and output "
+                      f"sizes): B·A cannot use more, so the extra rank only adds parameters; r ≤ {full[path]} trains "
+                      "the same updates", stacklevel=2)
 
 
 def lora_spec(task_model, params: Spec | None, r: int | None = None, alpha: float | None = None) -> Spec:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.hub import hub_reachable
 from ..device import Placement, resolve
 from ..errors import TangentError
 from .packages import minilm_dir, smollm2_gguf
@@ -112,7 +113,7 @@ def load_folder(path: str, *, name: str | None = None, attn_implementation: str 
 
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise TangentError(f"{path}: not a model folder (no config.json)")
-    if not os.path.isdir(path) and not _hub_reachable():
+    if not os.path.isdir(path) and not hub_reachable():
         raise TangentError(f"unknown model '{path}': not a registry name or local folder, and the hub is not reachable")
     try:
         with _quiet_hub():
@@ -125,24 +126,6 @@ def load_folder(path: str, *, name: str | None = None, attn_implementation: str 
                                 attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return _finish(name or str(path), model, tokenizer, kind, str(path))
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """False when offline mode is on or the hub's host does not answer within ``timeout`` seconds: checked
-    once up front, since the hub client would otherwise retry for half a minute before giving up."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def _hub_failure(exc: BaseException) -> str:

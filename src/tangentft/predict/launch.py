@@ -20,11 +20,13 @@ from .curve import FILE, predict_run, write_prediction
 
 
 def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
-                          callback: Callable[[int, int, dict], None] | None = None, n: int | None = None) -> dict:
+                          callback: Callable[[int, int, dict], None] | None = None, n: int | None = None,
+                          progress: Callable[[str, int, int], None] | None = None) -> dict:
     """:func:`tangentft.train.run.run_training` with the run's curve predicted from the kernel at θ0 before it
     (:func:`tangentft.predict.curve.predict_run`, ``n`` caps the kernel sample; a resumed run reuses its
     ``prediction.json``) and compared with the real curve after it: figures/prediction.png, a predicted-vs-real
-    section in summary.md and ``prediction`` in summary.json, whose dict it returns."""
+    section in summary.md and ``prediction`` in summary.json, whose dict it returns. ``progress(stage, done, total)``
+    follows the prediction's kernel passes."""
     out = Path(out_dir)
     main = distributed.is_main()
     if resume:
@@ -34,7 +36,7 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
     if resume and (out / FILE).is_file():
         prediction = read_json(out / FILE, PredictionRecord).model_dump()
     else:
-        prediction = predict_run(cfg, n=n)
+        prediction = predict_run(cfg, n=n, progress=progress)
 
     def keep_prediction() -> None:
         # The run folder exists (and, with overwrite, the old run is gone) once the first step is done.

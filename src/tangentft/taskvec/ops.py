@@ -7,6 +7,7 @@ normalized metric merged / own fine-tune (early-stopping paper, Figure 3).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,8 @@ def add(paths: Sequence[str], *, alphas: Sequence[float] | None = None, eval_tas
     merger = Merger(runs, base, method, density, seed)
     if alphas is not None and len(alphas) not in (1, len(runs)):
         raise TangentError(f"--alpha needs 1 or {len(runs)} values, got {len(alphas)}")
+    if alphas is not None and not all(math.isfinite(a) for a in alphas):
+        raise TangentError(f"alphas must be finite numbers, got {list(alphas)}")
     tasks = _eval_tasks(runs, base, eval_tasks, n_eval, n_val, seed)
     trace: list[dict] = []
     if alphas is None:
@@ -183,8 +186,8 @@ def add(paths: Sequence[str], *, alphas: Sequence[float] | None = None, eval_tas
 def negate(path: str, *, alpha: float = 1.0, eval_tasks: Sequence[str] | None = None, n_eval: int = 128,
            seed: int = 0, out: Path, device: str = "auto", dtype: str | None = None) -> dict:
     """Task negation θ_PT − α τ (early-stopping paper §5.2): the task's metric should fall toward or below base."""
-    if alpha <= 0:
-        raise TangentError(f"--alpha must be positive for negation, got {alpha}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise TangentError(f"alpha must be a positive finite number for negation, got {alpha}")
     runs, base = load_runs([path], device=device, dtype=dtype)
     tasks = _eval_tasks(runs, base, eval_tasks, n_eval, 0, seed)
     vector = runs[0].vector.scaled(-alpha)

@@ -96,15 +96,24 @@ class TrainConfig:
         # stored typed, so a config built from strings (``key=value`` options) equals the one built from values
         self.method_options = method.config_class.coerce_options(self.method, self.method_options)
         self.method_config()  # parses the spec: unknown module types fail before any loading
-        from ..device import resolve_dtype
+        from ..device import dtype_name, resolve_dtype
 
-        resolve_dtype(self.dtype)
+        dtype = dtype_name(resolve_dtype(self.dtype))
+        if method.dtypes is not None and dtype not in method.dtypes:
+            raise TangentError(f"method '{self.method}' does not train with dtype {dtype} ({method.dtypes_why}); "
+                               f"use dtype {' or '.join(method.dtypes)}")
         checks = [
             (self.lr > 0, f"learning rate must be positive, got lr={self.lr}"),
+            (0 <= self.seed < 2**63, f"seed must be in 0 … 2**63−1 (torch's seed range), got {self.seed}"),
             (self.stop_at in (None, *STOP_RULES),
              f"unknown stop_at '{self.stop_at}': the only rule is {', '.join(STOP_RULES)}"),
             (self.lam >= 0, f"λ must be ≥ 0, got lam={self.lam}"),
             (self.reg in REG_MODES, f"unknown reg '{self.reg}': choose from {', '.join(REG_MODES)}"),
+            # Options that act only through another one: given alone they would be recorded and do nothing.
+            (self.reg != "none" or not self.lam,
+             f"lam={self.lam} needs a pull toward θ0 to weigh, but reg is 'none': set reg to l2 or selective"),
+            (self.reg == "selective" or not self.reg_per_element,
+             f"reg_per_element decides the selective pull per element, but reg is '{self.reg}': set reg to selective"),
             (self.optimizer in OPTIMIZERS,
              f"unknown optimizer '{self.optimizer}': choose from {', '.join(OPTIMIZERS)}"),
             (self.weight_decay >= 0, f"weight decay must be ≥ 0, got weight_decay={self.weight_decay}"),

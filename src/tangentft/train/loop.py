@@ -47,7 +47,7 @@ from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import LinearizationProbe, peak_rss_gb, theta_dist
 from .regularization import PullToInit, build_optimizer
-from .schedule import warmup_linear
+from .schedule import warmup_linear, warmup_linear_factor
 
 
 def check_diverged(step: int, loss: float, params: dict[str, torch.Tensor], lr: float) -> None:
@@ -83,6 +83,11 @@ class TrainData:
 def split_data(task, cfg: TrainConfig) -> TrainData:
     """Train/validation/eval/probe lists for ``cfg``: seeded samples, validation held out of train."""
     train, evals = run_examples(task, cfg.n_train, cfg.n_eval, cfg.seed)
+    if not evals and cfg.n_eval:  # n_eval 0 asks for no evaluation; a task without dev/test gets none unasked
+        import warnings
+
+        warnings.warn(f"task '{task.spec.name}' has no dev or test split: the run records no eval loss or metric "
+                      "(its final line says so)", stacklevel=2)
     val: list = []
     if cfg.early_stop or cfg.val_fraction:
         train, val = train_val_split(train, cfg.val_fraction or 0.1, seed=cfg.seed)
@@ -199,8 +204,11 @@ class Trainer:
         # The probe's θ0 is keyed like the network's values (method.nonlinear), which for a factored method
         # (linearized with factor_rank: θ0 + B·A) are not its trainable tensors.
         _, theta_at_0 = self.method.nonlinear(self.model)
-        self.probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe),
-                                        {n: t.detach().clone() for n, t in theta_at_0.items()})
+        # The probe calls the method's network directly, not the prepared model accelerate runs under autocast:
+        # with bfloat16/float16 weights and fp32 trained tensors it needs the same autocast to multiply them.
+        with self.accelerator.autocast():
+            self.probe = LinearizationProbe(self.method, self.model, self.task_model.encode(self.data.probe),
+                                            {n: t.detach().clone() for n, t in theta_at_0.items()})
 
     def start_or_resume(self, resume: bool) -> tuple[TrainState, dict]:
         """A fresh :class:`TrainState` and the step-0 evaluation row, or the checkpoint's state loaded into
@@ -217,12 +225,27 @@ class Trainer:
         self.method.load_checkpoint_state(self.model, ck.model_state)
         self.optimizer.load_state_dict(ck.optimizer_state)
         self.scheduler.load_state_dict({**ck.scheduler_state, "lr_lambdas": [None]})
+        self._continue_schedule()
         torch.set_rng_state(ck.rng["torch"])
         state = ck.state
         if distributed.is_main():
             self._truncate_metrics(self.metrics_path, state.step)
         self._t0 = time.perf_counter() - state.wall_s
         return state, self._last_row(self.metrics_path)
+
+    def _continue_schedule(self) -> None:
+        """Set the rate of the next step from the schedule of a run planned for ``self.total`` steps.
+
+        The checkpoint holds the rate its own schedule gave the next step, which is 0 after the last step of a
+        finished run: a run extended to T' steps would spend its first new step at rate 0 and change nothing.
+        The extended run instead goes on as a T'-step run would at this step (linear decay toward 0 at step T',
+        from the resumed step on); a run resumed with its own step budget gets back exactly the stored rate.
+        """
+        step = self.scheduler.last_epoch
+        rates = [base * warmup_linear_factor(step, self.total, self.cfg.warmup_ratio) for base in self.scheduler.base_lrs]
+        for group, rate in zip(self.scheduler.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        self.scheduler._last_lr = rates
 
     def done(self, state: TrainState) -> bool:
         """The step budget is spent or early stopping fired."""
@@ -295,7 +318,8 @@ class Trainer:
             row["val_loss"], _, row["val_metric"] = self.evaluate(self.data.val)
         check_row_finite(row, self.cfg.lr)
         row["theta_dist"] = theta_dist(self.params, self.theta0)
-        row.update(self.probe.measure(self.model))
+        with self.accelerator.autocast():
+            row.update(self.probe.measure(self.model))
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         state.wall_s = time.perf_counter() - self._t0
         row["wall_s"] = round(state.wall_s, 3)

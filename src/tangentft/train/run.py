@@ -21,18 +21,19 @@ from .. import distributed
 from ..adapters.card import write_card
 from ..data import data_fingerprint
 from ..errors import TangentError
-from ..io import check_out_dir, ensure_dir, remove_dir, write_json
+from ..io import LOCK, check_out_dir, clear_dir, ensure_dir, folder_lock, remove_dir, write_json
 from ..methods.base import get_method
 from ..models.fingerprint import base_weights_fingerprint
-from ..schemas import RunConfig, read_json
+from ..schemas import MetricsRow, RunConfig, read_json, read_jsonl
 from .checkpoint import CHECKPOINT, checkpoint_step
 from .config import CONFIG, TrainConfig, load_config, load_run_config
 from .loop import Trainer, split_data
 from .plots import plot_run, read_metrics
 from .report import write_summary
 
-# Fields a resumed run may change: more steps or epochs continue the same run further (the linear decay is
-# then spread over the new total from the resumed step on); where it runs and whether it recomputes
+# Fields a resumed run may change: more steps or epochs continue the same run further (from the resumed step on it
+# follows the schedule of a run planned for the new total: the linear decay reaches 0 at the new last step, so
+# every new step trains; see Trainer._continue_schedule); where it runs and whether it recomputes
 # activations change time and memory, not what is computed.
 RESUMABLE = ("max_steps", "epochs", "device", "grad_checkpointing")
 
@@ -65,9 +66,9 @@ def resume_config(out_dir: Path, changes: dict | None = None) -> TrainConfig:
 
 def check_fresh_out(out_dir: Path, overwrite: bool) -> None:
     """Refuse an output folder that holds files (a run unless ``overwrite``; anything else always), or
-    that is a file or cannot be created."""
+    that is a file or cannot be created. Its lock file alone does not count: it outlives the runs that held it."""
     out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not (out / CONFIG).is_file():
             raise TangentError(f"{out} already exists and holds files that are not a tangentft run; choose a new folder")
         if not overwrite:
@@ -75,20 +76,68 @@ def check_fresh_out(out_dir: Path, overwrite: bool) -> None:
     check_out_dir(out)
 
 
+def check_continuable(out_dir: Path) -> None:
+    """Refuse to resume a run that has trained but lost its checkpoint: starting it again from step 0 would
+    replace its weights and metrics without a word. A run killed before its first checkpoint has done nothing
+    and starts again."""
+    out = Path(out_dir)
+    if (out / CHECKPOINT).is_file():
+        return
+    steps = [r.step for r in read_jsonl(out / "metrics.jsonl", MetricsRow)] if (out / "metrics.jsonl").is_file() else []
+    finished = (out / "summary.json").is_file()
+    if finished or any(step > 0 for step in steps):
+        done = f"finished after {max(steps, default=0)} steps" if finished else f"recorded {max(steps)} steps"
+        raise TangentError(f"resume: {out / CHECKPOINT} is missing but the run in {out} {done}; starting again from "
+                           "step 0 would replace its results: restore the checkpoint, or overwrite the run with a new one")
+
+
+@contextlib.contextmanager
+def _held(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Hold the run folder's lock (:func:`tangentft.io.folder_lock`) for the run's whole life, on rank 0, the only
+    rank that writes: a second process writing the same folder is refused in one line naming this one's pid.
+
+    A fresh run's folder is created to hold the lock and checked again under it (another process may have
+    finished a run there since the first check); it is removed again if the run is refused before it starts.
+    """
+    if not distributed.is_main():
+        yield
+        return
+    made = not resume and not out.exists()
+    if not resume:
+        ensure_dir(out)
+    with folder_lock(out):
+        try:
+            if resume:
+                check_continuable(out)
+            else:
+                check_fresh_out(out, overwrite)
+            yield
+        except Exception:
+            if made and out.is_dir() and all(p.name == LOCK for p in out.iterdir()):
+                remove_dir(out)
+            raise
+
+
 @contextlib.contextmanager
 def _run_folder(out: Path, *, fresh: bool, overwrite: bool) -> Iterator[None]:
-    """Create the folder of a fresh run (replacing the old run as a whole with ``overwrite``) and remove
-    it again when the run stops on an error; a resumed run's folder is left as its checkpoint has it."""
+    """Empty the folder of a fresh run (the old run is replaced as a whole with ``overwrite``, only once the new
+    one's input has loaded) and remove it again when the run stops on an error; a resumed run's folder is left as
+    its checkpoint has it."""
     if not fresh:
         yield
         return
     if overwrite:
-        remove_dir(out)
-    ensure_dir(out)
+        clear_dir(out)
     try:
         yield
     except TangentError:
         remove_dir(out)
+        raise
+    except Exception:
+        # A crash before the first checkpoint leaves nothing to resume; a config.json alone would only make the
+        # next attempt refuse the folder as holding a run.
+        if not (out / CHECKPOINT).is_file():
+            remove_dir(out)
         raise
 
 
@@ -114,13 +163,19 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overw
     refused. ``resume`` expects ``cfg`` from :func:`resume_config`. ``callback(step, total, info)`` is called after
     every optimizer step. (A run with its predicted curve: :func:`tangentft.predict.launch.train_with_prediction`.)
     """
-    from ..models.task_model import build_task_model
-
     out = Path(out_dir)
     if resume:
         load_run_config(out)
     elif distributed.is_main():
-        check_fresh_out(out, overwrite)
+        check_fresh_out(out, overwrite)  # before the folder is made to hold the lock
+    with _held(out, resume=resume, overwrite=overwrite):
+        return _train(cfg, out, resume=resume, overwrite=overwrite, callback=callback)
+
+
+def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool,
+           callback: Callable[[int, int, dict], None] | None) -> dict:
+    from ..models.task_model import build_task_model
+
     method_cfg = cfg.method_config()
     task = cfg.load_task()
     data = split_data(task, cfg)
@@ -144,11 +199,11 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overw
             record = read_json(out / CONFIG, RunConfig).model_dump()
             write_json(out / CONFIG, {**record, "train": cfg.to_json()})
         summary = Trainer(task_model, get_method(cfg.method)(method_cfg), data, cfg, out, callback).fit(resume=continuing)
-    if main:
-        if (out / "adapter" / "adapter_config.json").is_file():
-            fingerprint = read_json(out / CONFIG, RunConfig).base_fingerprint
-            write_card(out / "adapter", title=f"tangentft {cfg.method} adapter: {task.spec.name}", task_model=task_model,
-                       base_fingerprint=fingerprint, made=_made(cfg, summary))
-        plot_run(out / "metrics.jsonl", out / "figures")
-        write_summary(out, cfg.to_json(), summary, read_metrics(out / "metrics.jsonl"))
+        if main:
+            if (out / "adapter" / "adapter_config.json").is_file():
+                fingerprint = read_json(out / CONFIG, RunConfig).base_fingerprint
+                write_card(out / "adapter", title=f"tangentft {cfg.method} adapter: {task.spec.name}", task_model=task_model,
+                           base_fingerprint=fingerprint, made=_made(cfg, summary))
+            plot_run(out / "metrics.jsonl", out / "figures")
+            write_summary(out, cfg.to_json(), summary, read_metrics(out / "metrics.jsonl"))
     return summary

@@ -79,6 +79,9 @@ class S2FTMethod(FineTuneMethod):
     """Structured sparse fine-tuning (S2FT paper): trains selected heads/channels through a PEFT adapter."""
 
     name = "s2ft"
+    dtypes = ("float32",)
+    dtypes_why = ("its sparse layer's own backward multiplies the fp32 trained rows with the activations directly, "
+                  "outside autocast")
     config_class = S2FTMethodConfig
 
     def __init__(self, config: S2FTMethodConfig | None = None, calibration: Sequence[Example] | None = None):
