@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/tangentft models
 	$(VENV)/bin/tangentft data inspect $(DATA)/sst2 --model smollm2-135m
 	$(VENV)/bin/tangentft analyze --model smollm2-135m --task $(DATA)/sst2 --params 'lora(r=8):q,v@0,15,29' \
-		--candidates 'o@::5' --num-examples 32 --out $(DEMO_OUT)/analyze
+		--candidates 'o@::10' --num-examples 16 --out $(DEMO_OUT)/analyze
 
 # Every test, real-model ones (marked slow) included; test-fast skips those.
 test: install

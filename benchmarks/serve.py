@@ -119,6 +119,25 @@ def run_requests(engine, groups: list[list[tuple[str, list[int]]]], new: int, be
             "p95_s": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]}
 
 
+def save(result: dict, out: Path) -> None:
+    """Write ``result`` with its ratios (S2FT over LoRA, mixed batches over switching) recomputed from the runs."""
+    from tangentft.io import write_json
+
+    k8 = result["results"].get("k8", {})
+    if "s2ft_mixed" in k8 and "lora_mixed" in k8:
+        result["s2ft_over_lora_k8"] = k8["s2ft_mixed"]["tokens_per_s"] / k8["lora_mixed"]["tokens_per_s"]
+    result["s2ft_over_lora"] = {
+        k: r["s2ft_mixed"]["tokens_per_s"] / r["lora_mixed"]["tokens_per_s"]
+        for k, r in result["results"].items() if "s2ft_mixed" in r and "lora_mixed" in r
+    }
+    result["mixed_over_switch"] = {
+        k: {m: r[f"{m}_mixed"]["tokens_per_s"] / r[f"{m}_switch"]["tokens_per_s"] for m in ("s2ft", "lora")
+            if f"{m}_mixed" in r and f"{m}_switch" in r}
+        for k, r in result["results"].items()
+    }
+    write_json(out, result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -135,7 +154,6 @@ def main() -> None:
 
     from tangentft.adapters import switch, unmerge
     from tangentft.adapters.sparse import save_adapter
-    from tangentft.io import write_json
     from tangentft.models.registry import load_model
     from tangentft.serve import Engine
 
@@ -158,21 +176,6 @@ def main() -> None:
         "trainable_per_adapter": {"s2ft": s2ft_params, "lora": rank * per_rank}, "lora_rank": rank,
         "machine": "CPU (shared 2-core machine, nice 10)",
     })
-
-    def save():
-        k8 = result["results"].get("k8", {})
-        if "s2ft_mixed" in k8 and "lora_mixed" in k8:
-            result["s2ft_over_lora_k8"] = k8["s2ft_mixed"]["tokens_per_s"] / k8["lora_mixed"]["tokens_per_s"]
-        result["s2ft_over_lora"] = {
-            k: r["s2ft_mixed"]["tokens_per_s"] / r["lora_mixed"]["tokens_per_s"]
-            for k, r in result["results"].items() if "s2ft_mixed" in r and "lora_mixed" in r
-        }
-        result["mixed_over_switch"] = {
-            k: {m: r[f"{m}_mixed"]["tokens_per_s"] / r[f"{m}_switch"]["tokens_per_s"] for m in ("s2ft", "lora")
-                if f"{m}_mixed" in r and f"{m}_switch" in r}
-            for k, r in result["results"].items()
-        }
-        write_json(args.out, result)
 
     tmp = Path(tempfile.mkdtemp(prefix="tangentft-serve-bench-"))
     # S2FT and LoRA each get their own copy of the base, so their runs can alternate round by round and the
@@ -222,8 +225,8 @@ def main() -> None:
         for m, rs in runs.items():
             done[m] = {key: statistics.median(x[key] for x in rs) for key in rs[0]} | {
                 "tokens_per_s_rounds": [x["tokens_per_s"] for x in rs]}
-        save()
-    save()
+        save(result, args.out)
+    save(result, args.out)
     print(json.dumps({k: result[k] for k in ("s2ft_over_lora_k8", "s2ft_over_lora", "mixed_over_switch") if k in result}, indent=1))
 
 

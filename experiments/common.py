@@ -203,9 +203,9 @@ def train(ctx: Context, label: str, **fields: Any) -> dict:
 
 
 def analyze(ctx: Context, task: str, params: str, candidates: str | None = None, *, n: int, n_eval: int) -> dict:
-    """:func:`tangentft.analysis.run.analyze` (one eNTK pass, spectrum, KRR, Algorithm 2, stopping rule), trimmed
+    """:func:`tangentft.analysis.analyze.analyze` (one eNTK pass, spectrum, KRR, Algorithm 2, stopping rule), trimmed
     to the numbers the experiments read, with its wall time."""
-    from tangentft.analysis.run import analyze as run_analyze
+    from tangentft.analysis.analyze import analyze as run_analyze
 
     t = time.perf_counter()
     rep, _, _ = run_analyze(ctx.model, task, params, candidates, n=n, n_eval=n_eval, seed=ctx.seed,

@@ -370,11 +370,11 @@ def _synthetic_problem(n=12, m=6, kk=2, seed=20):
 
 
 def test_analyze_kernels_report_and_compare(tmp_path):
-    from tangentft.analysis import report, run
+    from tangentft.analysis import analyze, report
     from tangentft.analysis.result import AnalysisReport
 
     kb, kx, cands, y, f0, ye, f0e = _synthetic_problem()
-    rep = run.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)
+    rep = analyze.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)
     assert rep.condition_number["value"] == pytest.approx(spectrum.condition_number(np.linalg.eigvalsh(kb), 1e-4))
     assert rep.risk_bounds["brackets_krr"]
     assert sorted(rep.candidates[0]["groups"]) == sorted(cands)  # r_C grows with C: all candidates rank first
@@ -390,7 +390,7 @@ def test_analyze_kernels_report_and_compare(tmp_path):
     rep = AnalysisReport.from_kernels(rep, model="synthetic", task="synthetic", task_name="synthetic",
                                       task_kind="classification", params="q,v@0", candidates_spec="o@::5",
                                       candidate_groups=list(cands), num_params=30, seed=0, n_eval=6, eval_split="test")
-    rep.recommendation = run.recommendation(rep)
+    rep.recommendation = analyze.recommendation(rep)
     out = report.write_report(rep, tmp_path / "a", kb)
     data = json.loads((out / "report.json").read_text())
     for key in ("n", "K", "eigenvalues", "lambda_max", "lambda_min", "condition_number", "effective_rank", "decay_beta",
@@ -418,12 +418,12 @@ def test_the_theory_run_translates_the_ridge_and_stopping_numbers_to_the_trainer
     overshoot (lr·λ_train > 1) takes smaller steps, more of them, for the same effective time α·T̂."""
     import shlex
 
-    from tangentft.analysis import run
+    from tangentft.analysis import analyze
     from tangentft.analysis.result import AnalysisReport
     from tangentft.predict.recommend import theory_run
 
     kb, kx, cands, y, f0, ye, f0e = _synthetic_problem()
-    kern = run.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)
+    kern = analyze.analyze_kernels(kb, kx, cands, y, f0, ye, f0e, task_kind="classification", sigma=1e-4)
     rep = AnalysisReport.from_kernels(kern, model="tiny-llama", task="t", task_name="t", task_kind="classification",
                                       params="lora(r=4):q,v@0", candidates_spec="o@::5", candidate_groups=list(cands),
                                       seed=2)
@@ -431,7 +431,7 @@ def test_the_theory_run_translates_the_ridge_and_stopping_numbers_to_the_trainer
         rep.krr = {**rep.krr, "sigma": reg}
         rep.lambda_circ = None
         rep.stopping = {**rep.stopping, "T_hat": t_hat, "step_size": step_size}
-        rec = rep.recommendation = run.recommendation(rep)
+        rec = rep.recommendation = analyze.recommendation(rep)
         lam_train = 2 * reg / (12 * 2)
         lr = min(step_size / 2, 0.5 / lam_train)
         assert rec.theory_lam == pytest.approx(lam_train) and rec.theory_lr == pytest.approx(lr)
@@ -449,14 +449,14 @@ def test_the_theory_run_translates_the_ridge_and_stopping_numbers_to_the_trainer
 
 
 def test_analyze_kernels_regression_and_bad_input():
-    from tangentft.analysis import run
+    from tangentft.analysis import analyze
 
     kb, kx, _, _, _, _, _ = _synthetic_problem(kk=1)
     rng = np.random.default_rng(1)
     y, ye = rng.normal(size=(12, 1)), rng.normal(size=(6, 1))
-    rep = run.analyze_kernels(kb, kx, {}, y, np.zeros_like(y), ye, np.zeros_like(ye), task_kind="regression")
+    rep = analyze.analyze_kernels(kb, kx, {}, y, np.zeros_like(y), ye, np.zeros_like(ye), task_kind="regression")
     assert rep.krr["eval_metric_name"] == "pearson" and rep.candidates == []
     with pytest.raises(TangentError, match="sigma must be > 0"):
-        run.analyze_kernels(kb, kx, {}, y, y, ye, ye, task_kind="regression", sigma=0)
+        analyze.analyze_kernels(kb, kx, {}, y, y, ye, ye, task_kind="regression", sigma=0)
     with pytest.raises(TangentError, match="at least 2"):
-        run.analyze_kernels(kb[:1, :1], kx[:, :1], {}, y[:1], y[:1], ye, ye, task_kind="regression")
+        analyze.analyze_kernels(kb[:1, :1], kx[:, :1], {}, y[:1], y[:1], ye, ye, task_kind="regression")

@@ -1,8 +1,8 @@
 """No import runs back up: each package of tangentft imports only packages on lower floors.
 
-__main__ → cli → sweep → taskvec/integrations → predict → train/serve → analysis/adapters → ntk → methods → models →
-data → schemas/io/device/distributed → errors. Lazy imports inside functions count too: a layer that needs a higher one has its
-work in the wrong place (analysis computes numbers; train runs them; predict, above both, forecasts a run).
+The floors are the README's "Layers" table; :data:`FLOOR` is that table as the check reads it, and
+:func:`test_readme_states_the_floors_the_check_enforces` keeps the two equal. Lazy imports inside functions count
+too: a layer that needs a higher one has its work in the wrong place.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tangentft"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "tangentft"
 FLOOR = {
     "__main__": 13,
     "cli": 12,
@@ -67,3 +68,28 @@ def test_the_check_sees_relative_lazy_and_absolute_imports():
     assert _imports("from . import report\nfrom .. import methods\n", ["analysis"]) == {"analysis", "methods"}
     assert _imports("import tangentft.cli.main\nfrom tangentft.ntk import api\n", ["methods", "s2ft"]) == {"cli", "ntk"}
     assert _imports("from ...models import selection\n", ["methods", "s2ft"]) == {"models"}
+
+
+def _readme_floors() -> dict[str, int]:
+    """The floor of each package as the README's "Layers" table states it (``NN  pkg/ pkg.py …  notes``)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Layers"):]
+    block = block[block.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    floors: dict[str, int] = {}
+    for line in block.splitlines()[1:]:
+        number, *tokens = line.split()
+        for token in tokens:
+            m = re.fullmatch(r"(\w+)(/|\.py)", token)
+            if m is None:
+                break
+            floors[m.group(1)] = int(number)
+    return floors
+
+
+def test_readme_states_the_floors_the_check_enforces():
+    assert _readme_floors() == FLOOR
+    init = (SRC / "__init__.py").read_text()
+    assert "README" in init and "errors" not in init  # the package points at the table instead of a copy of it

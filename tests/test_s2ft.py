@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODELS, tiny_task_model, toy_examples
 from s2ft_helpers import ALL_TYPES, batch, s2ft_model
 from tangentft.errors import TangentError
-from tangentft.methods.s2ft import S2FTConfig, S2FTLayer, S2FTMethod, select
+from tangentft.methods.s2ft import S2FTConfig, S2FTLayer, S2FTMethod, pick_units
 from tangentft.methods.s2ft.method import S2FTMethodConfig
 from tangentft.methods.s2ft.selection import unit_width
 
@@ -199,14 +199,14 @@ def test_bad_config_is_one_line():
         S2FTConfig(strategy="Z")
     tm = tiny_task_model("tiny-bert")
     with pytest.raises(TangentError, match="'gate' does not exist"):
-        select(tm.hf, tm.structure, S2FTConfig(ratios={"gate": 0.1}))
+        pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"gate": 0.1}))
     with pytest.raises(TangentError, match="needs calibration"):
-        select(tm.hf, tm.structure, S2FTConfig(strategy="A"))
+        pick_units(tm.hf, tm.structure, S2FTConfig(strategy="A"))
 
 
 def test_budget_allocates_uniformly():
     tm = tiny_task_model("tiny-llama")
-    sel = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 1.0, "up": 1.0}, budget=2 * 2 * 10 * 32))
+    sel = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 1.0, "up": 1.0}, budget=2 * 2 * 10 * 32))
     assert sel["counts"] == {"down": [10, 10], "up": [10, 10]}
 
 
@@ -239,8 +239,8 @@ def test_strategy_picks_extreme(strategy, boost, expect_first):
     ch = 7
     tm = _boosted(ch, weight=boost == "weight", activation=boost == "activation")
     calib = _calibration(tm) if strategy != "W" else None
-    large = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, strategy=strategy), calib)
-    small = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, strategy=strategy, variant="small"), calib)
+    large = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, strategy=strategy), calib)
+    small = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, strategy=strategy, variant="small"), calib)
     assert large["ffn"][0][0] == ch
     assert ch not in small["ffn"][0]
 
@@ -249,24 +249,24 @@ def test_weight_strategy_on_gqa_groups():
     tm = tiny_task_model("tiny-llama")
     with torch.no_grad():
         tm.structure.module(tm.hf, 1, "o").weight[:, 16:32] *= 10.0  # KV group 1 = query heads 2,3
-    sel = select(tm.hf, tm.structure, S2FTConfig(ratios={"o": 0.5}, strategy="W"))
+    sel = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"o": 0.5}, strategy="W"))
     assert sel["attention"][1] == [1]
-    sel = select(tm.hf, tm.structure, S2FTConfig(ratios={"o": 0.5}, strategy="W", variant="small"))
+    sel = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"o": 0.5}, strategy="W", variant="small"))
     assert sel["attention"][1] == [0]
 
 
 def test_gradient_strategy_discards_gradients():
     tm = tiny_task_model("tiny-llama")
-    select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25, "o": 0.5}, strategy="G"), _calibration(tm))
+    pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25, "o": 0.5}, strategy="G"), _calibration(tm))
     assert all(p.grad is None for p in tm.parameters())
     assert all(p.requires_grad for p in tm.hf.parameters())  # flags restored
 
 
 def test_random_strategy_is_seeded():
     tm = tiny_task_model("tiny-bert")
-    a = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=1))
-    b = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=1))
-    c = select(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=2))
+    a = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=1))
+    b = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=1))
+    c = pick_units(tm.hf, tm.structure, S2FTConfig(ratios={"down": 0.25}, seed=2))
     assert a == b and a != c
     assert all(len(set(r)) == 12 for r in a["ffn"])
 

@@ -6,17 +6,34 @@ import pytest
 
 from conftest import TINY_MODELS, tiny_task_model
 from tangentft.errors import TangentError
-from tangentft.models.selection import ParamSelection, parse_spec, resolve, select
+from tangentft.models.selection import ParamSelection, resolve, select
+from tangentft.models.spec import LoraOptions, Spec
 
 
 def test_parse_layers_forms():
-    assert parse_spec("q@0,1", 4)[0].layers == (0, 1)
-    assert parse_spec("q@0-2", 4)[0].layers == (0, 1, 2)
-    assert parse_spec("q@::2", 5)[0].layers == (0, 2, 4)
-    assert parse_spec("q@all", 4)[0].layers is None
-    assert parse_spec("attn@1", 4)[0].targets == ("attn",)
-    t = parse_spec("lora(r=4,alpha=8):q,v@1.B", 4)[0]
-    assert t.lora == {"r": 4, "alpha": 8} and t.part == "B"
+    assert Spec.parse("q@0,1").terms[0].layer_indices(4) == (0, 1)
+    assert Spec.parse("q@0-2").terms[0].layer_indices(4) == (0, 1, 2)
+    assert Spec.parse("q@::2").terms[0].layer_indices(5) == (0, 2, 4)  # a slice waits for the model's depth
+    assert Spec.parse("q@::2").terms[0].layer_indices(3) == (0, 2)
+    assert Spec.parse("q@all").terms[0].layer_indices(4) == (0, 1, 2, 3)
+    assert Spec.parse("attn@1").terms[0].targets == ("attn",)
+    t = Spec.parse("lora(r=4,alpha=8):q,v@1.B").terms[0]
+    assert t.lora == LoraOptions(4, 8) and t.part == "B"
+
+
+def test_spec_is_a_value_rendered_back_to_its_text():
+    text = "lora(r=4):q,v@0,2;o@::2;head"
+    spec = Spec.parse(text)
+    assert str(spec) == text and Spec.parse(spec) is spec and Spec.parse(text) == spec
+    assert Spec.parse("lora:q@0").lora == LoraOptions() and LoraOptions().scale_alpha == 16.0  # r = 8, alpha = 2r
+    # a LoRA run spells its options out; head/norm/embed stay fully trained
+    assert str(Spec.parse("q,v@all;norm@0;head").as_lora(r=4)) == "lora(r=4,alpha=8):q,v@all;norm@0;head"
+    assert str(Spec.parse("lora(r=2,alpha=3):q@1").as_lora()) == "lora(r=2,alpha=3):q@1"
+    # candidates trained like the base: a LoRA adapter of the base's options for each plain projection term
+    base = Spec.parse("lora(r=4):q,v@0")
+    assert str(base.trained_like(Spec.parse("o@1;norm@1;head"))) == "lora(r=4):o@1;norm@1;head"
+    assert str(Spec.parse("q@0").trained_like(Spec.parse("o@1"))) == "o@1"
+    assert [str(Spec.of_group(g)) for g in ("L5.o", "L3.attn_norm", "head")] == ["o@5", "norm@3", "head"]
 
 
 @pytest.mark.parametrize(
@@ -27,11 +44,15 @@ def test_parse_layers_forms():
         ("q@x", "bad layer list 'x'"),
         ("lora(r=0):q", "LoRA rank must be positive"),
         ("lora:head", "can only adapt projections"),
+        ("lora(r=2.5):q", "whole number"),
+        ("lora(alpha=0):q", "alpha must be positive"),
+        ("q@5", "layer 5 in '@5' does not exist"),
+        ("q@4::", "selects no layer"),
     ],
 )
 def test_bad_specs(spec, msg):
     with pytest.raises(TangentError, match=msg):
-        parse_spec(spec, 2)
+        Spec.parse(spec).check_layers(2)
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)

@@ -16,14 +16,16 @@ import torch
 from conftest import sst2_spec
 from tangentft.train.loop import TrainConfig
 
-OPTIONS = {"lora": {"params": "lora(r=4):q,v@all;head"}, "s2ft": {"types": "o:0.5,up:0.25"}}
+OPTIONS = {"lora": {"params": "lora(r=4):q,v@all;head"}, "s2ft": {"types": "o:0.5,up:0.25"},
+           "lora-no-head": {"params": "lora(r=4):q,v@all"}}  # the seeded head is not trained, yet travels
 
 
 def _train(tmp_path: Path, data_dir: Path, method: str, model: str = "tiny-bert") -> Path:
     from tangentft.train.run import run_training
 
     out = tmp_path / f"run_{method}_{model}"
-    cfg = TrainConfig(model=model, task=str(data_dir / "sst2"), method=method, method_options=OPTIONS[method],
+    cfg = TrainConfig(model=model, task=str(data_dir / "sst2"), method=method.removesuffix("-no-head"),
+                      method_options=OPTIONS[method],
                       lr=5e-2, max_steps=3, batch_size=8, n_train=16, n_eval=8, probe_size=4, seed=0)
     run_training(cfg, out)
     return out
@@ -47,7 +49,7 @@ def _tangentft_outputs(run: Path, model: str, enc: dict) -> torch.Tensor:
         return tm(enc["input_ids"], enc["attention_mask"])
 
 
-@pytest.mark.parametrize("method", ["lora", "s2ft"])
+@pytest.mark.parametrize("method", ["lora", "s2ft", "lora-no-head"])
 def test_adapter_carries_head_public_id_and_card(method, tmp_path, data_dir):
     run = _train(tmp_path, data_dir, method)
     cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -56,6 +58,7 @@ def test_adapter_carries_head_public_id_and_card(method, tmp_path, data_dir):
     card = (run / "adapter" / "README.md").read_text()
     assert "PeftModel.from_pretrained" in card and 'base.add_module("task_head"' in card
     assert ("import tangentft" in card) == (method == "s2ft")
+    assert (run / "extra.safetensors").is_file() == (method != "lora-no-head")  # only a trained head is "extra"
     assert json.loads((run / "config.json").read_text())["base_fingerprint"] in card
 
     # In-process with PEFT alone (tangentft only supplies the base weights here): the head comes from the adapter.

@@ -1,18 +1,8 @@
 """tangentft: predictable, cheap fine-tuning of pretrained language models.
 
-Floors (a package imports only from floors below it; tests/test_layering.py holds the same table):
-  cli/
-  taskvec/  integrations/
-  predict/                      a run's predicted curve, its check against the run, recommended runs
-  train/  serve/                train never calls predict
-  analysis/  adapters/
-  ntk/
-  methods/
-  models/
-  data/
-  schemas, io, device, distributed
-  errors
-cli/ only parses and prints; the library never imports cli/.
+Packages sit on floors — each imports only from floors below it; cli/ only parses and prints and the library
+never imports it. The floors are stated once, in the README's "Layers" section, which tests/test_layering.py
+holds to its import check.
 
 Papers are cited by short name — the linearization paper, the early-stopping paper, the LoRA-NTK paper,
 the S2FT paper, Raskutti et al. 2014 — with their own equation/theorem numbers; full titles, authors and

@@ -107,7 +107,7 @@ def memory_plan(model: str, params: str, n: int, *, num_outputs: int = 2, seq_le
     """Plan the memory of ``tangentft ntk``/``analyze`` on ``model`` (registry name, folder, config.json or
     hub id) for the selection ``params``, ``n`` examples of ``seq_len`` tokens and K = ``num_outputs``, per
     rank over ``ranks`` ranks, without loading any weight."""
-    from .. import methods  # noqa: F401  (registers the selection term kinds the methods define, e.g. lora)
+    from ..methods.lora import register_terms
     from ..models.registry import meta_model
     from ..models.selection import select
 
@@ -117,6 +117,7 @@ def memory_plan(model: str, params: str, n: int, *, num_outputs: int = 2, seq_le
     resolve_dtype(dtype)
     loaded = meta_model(model, dtype=dtype)
     tm = _Skeleton(loaded, num_outputs)
+    register_terms()  # a lora(...) term injects an adapter into the skeleton
     selection = select(tm, params, groups=groups)
     K = num_outputs
     weights = float(sum(p.numel() * p.element_size() for p in tm.parameters()))

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import TangentError
 from ..io import atomic_write, write_json
+from ..models.spec import DEFAULT_LORA_RANK
 from ..schemas import ReportFile, read_json
 from . import figures
 from .result import AnalysisReport, Recommendation
@@ -92,17 +93,27 @@ def _theory_section(rec: Recommendation) -> list[str]:
     return lines + [f"- {note}" for note in rec.theory_notes]
 
 
-def _run_section(rp: dict | None, command: str | None) -> list[str]:
-    """The report's end: the predicted curve of the run to launch, then its ``tangentft train`` command."""
-    if not rp or not command:
+def _run_section(rp: dict | None, rec: Recommendation) -> list[str]:
+    """The report's end: the decision, the predicted curve of the run to launch, then its ``tangentft train``
+    command — or, when no run is predicted to beat zero-shot, that verdict and what to try instead, with the best
+    run checked kept as a reference (not a recommendation)."""
+    if not rp or not rec.train_command:
         return []
+    if rec.predicted_gain is False:
+        return ["", "## No run to launch", "", f"**Decision:** {rec.decision}.", "",
+                "The best run checked, for reference (not a recommendation):", "", *_run_curve(rp, rec.train_command)]
+    decision = [f"**Decision:** {rec.decision}.", ""] if rec.decision else []
+    return ["", "## The run to launch", "", *decision, *_run_curve(rp, rec.train_command)]
+
+
+def _run_curve(rp: dict, command: str) -> list[str]:
+    """A predicted run: what it is, its best step against the baselines, its curve and its command."""
     name = rp["metric_name"]
     lo, hi = rp["metric_interval"]
     b = rp.get("baselines", {})
     beats = all(rp["best_metric"] > v for v in (b.get("zero_shot"), b.get("majority"), b.get("linear_probe"))
                 if v is not None and v == v)
-    lines = ["", "## The run to launch", "",
-             f"{ {'adamw': 'AdamW', 'sgd': 'SGD'}.get(rp['optimizer'], rp['optimizer'])} on the analysed parameters "
+    lines = [f"{ {'adamw': 'AdamW', 'sgd': 'SGD'}.get(rp['optimizer'], rp['optimizer'])} on the analysed parameters "
              f"plus the recommended candidate groups, stopped at its predicted best step. Predicted from the {rp['kernel']} kernel of exactly these parameters on the run's "
              f"own n = {rp['n']} training examples, replayed over its steps: best eval {name} "
              f"**{_g(rp['best_metric'], 3)}** [{_g(lo, 3)}, {_g(hi, 3)}] at step {rp['best_step']} (over a ten-epoch "
@@ -110,7 +121,7 @@ def _run_section(rp: dict | None, command: str | None) -> list[str]:
              f"interval below 2 points needs n ≈ {rp['n_for_2_points']}. Baselines: zero-shot "
              f"{_g(b.get('zero_shot'), 3)}, majority {_g(b.get('majority'), 3)}, linear probe "
              f"{_g(b.get('linear_probe'), 3)} — the prediction "
-             + ("beats all of them." if beats else "does NOT beat all of them: do not act on it."), "",
+             + ("beats all of them." if beats else "does NOT beat all of them."), "",
              f"| step | predicted eval_loss | predicted eval {name} |", "|---|---|---|"]
     for s_, loss, m in zip(rp["steps"], rp["eval_loss"], rp["eval_metric"], strict=True):
         lines.append(f"| {s_} | {_g(loss)} | {_g(m, 3)} |")
@@ -120,9 +131,13 @@ def _run_section(rp: dict | None, command: str | None) -> list[str]:
 
 def render_markdown(rep: AnalysisReport) -> str:
     """The human report: what was analysed, key numbers, recommendation, candidates, figures, conventions with the
-    theory's run, and last the run to launch: its predicted curve and its ``tangentft train`` command."""
-    kr, st, rb, rec = rep.krr, rep.stopping, rep.risk_bounds, rep.recommendation
-    cn = rep.condition_number
+    theory's run, and last the decision: the run to launch (its predicted curve and ``tangentft train`` command),
+    or that no run is predicted to beat zero-shot and what to try instead."""
+    return "\n".join(_sections(rep)) + "\n"
+
+
+def _sections(rep: AnalysisReport) -> list[str]:
+    kr, rec = rep.krr, rep.recommendation
     metric = kr["eval_metric_name"]
     lines = [
         f"# tangentft analysis — {rep.model} on {rep.task_name or rep.task}",
@@ -138,12 +153,23 @@ def render_markdown(rep: AnalysisReport) -> str:
         f"| model | `{rep.model}` |",
         f"| task | `{rep.task}` ({rep.task_kind}, K = {rep.K} output(s)) |",
         f"| trained parameters | `{rep.params}` — {_g(rep.num_params)} scalars"
-        + (" (no params given: the default, LoRA r = 8 on q, v of the first, middle and last layers)" if rep.params_default else "")
+        + (f" (no params given: the default, LoRA r = {DEFAULT_LORA_RANK} on q, v of the first, middle and last layers)" if rep.params_default else "")
         + " |",
         f"| candidate groups | `{rep.candidates_spec or '–'}` — {len(rep.candidate_groups or [])} groups |",
         f"| examples | n = {rep.n} train (seed {rep.seed}), {_g(rep.n_eval)} eval from "
         f"{rep.eval_split or '–'} |",
         f"| kernel | full eNTK, {rep.kernel_shape[0]}×{rep.kernel_shape[1]}, float64 |",
+    ]
+    return (lines + _key_numbers(rep) + _recommendation_section(rep) + _candidates_section(rep) + _figures_section(rep)
+            + [f"> **Warning:** {w}\n" for w in rep.warnings or []] + _conventions(rep)
+            + _theory_section(rec) + _run_section(rep.run_prediction, rec))
+
+
+def _key_numbers(rep: AnalysisReport) -> list[str]:
+    """The key-numbers table: spectrum, κ, decay, Theorem 5 bounds, the ridge limit, baselines, T̂, Lipschitz."""
+    kr, st, rb, cn = rep.krr, rep.stopping, rep.risk_bounds, rep.condition_number
+    metric = kr["eval_metric_name"]
+    lines = [
         "",
         "## Key numbers",
         "",
@@ -170,7 +196,13 @@ def render_markdown(rep: AnalysisReport) -> str:
         lines.append(f"| Lip(f), Lip(∇f) | {_g(lip['lip_f'])}, {_g(lip['lip_grad'])} | within r = {_g(lip['radius'])} of θ0 "
                      "(Algorithm 1) |")
         lines.append(f"| λ∘ | {_g(rep.lambda_circ)} | ridge above which training provably stays linear |")
-    lines += ["", "## Recommendation", ""]
+    return lines
+
+
+def _recommendation_section(rep: AnalysisReport) -> list[str]:
+    """What to tune, the LoRA rank, λ and the stopping step, each with the result it comes from."""
+    rec, st = rep.recommendation, rep.stopping
+    lines = ["", "## Recommendation", ""]
     if rec.candidate_groups:
         cr = rep.candidate_recommendation
         lines.append(f"- **Also tune {', '.join(rec.candidate_groups)}**: r_C = {_g(cr['r_c'])} "
@@ -185,6 +217,12 @@ def render_markdown(rep: AnalysisReport) -> str:
         _stopping_line(rec, st),
         "",
     ]
+    return lines
+
+
+def _candidates_section(rep: AnalysisReport) -> list[str]:
+    """Algorithm 2's table of candidate groups, the ranking's bootstrap uncertainty and the best subset per size."""
+    lines: list[str] = []
     singles = rep.candidate_singles or []
     if singles:
         npc = rep.num_params_candidates or {}
@@ -205,6 +243,12 @@ def render_markdown(rep: AnalysisReport) -> str:
         for size, c in (rep.candidate_best_by_size or {}).items():
             lines.append(f"- {size}: {', '.join(c['groups'])} — r_C = {_g(c['r_c'])}")
         lines.append("")
+    return lines
+
+
+def _figures_section(rep: AnalysisReport) -> list[str]:
+    """The figures, each with its caption."""
+    lines: list[str] = []
     figs = rep.figures or {}
     if figs:
         lines += ["## Figures", ""]
@@ -212,9 +256,13 @@ def render_markdown(rep: AnalysisReport) -> str:
                     "kernel": "kernel heatmap", "bounds": "Theorems 2–4 bound curves over steps (T̂ dashed)"}
         for name, file in figs.items():
             lines += [f"![{captions.get(name, name)}]({file})", ""]
-    lines += [f"> **Warning:** {w}\n" for w in rep.warnings or []]
-    notes = list(rep.eigenvalue_notes or []) + list(kr.get("warnings") or [])
-    lines += [
+    return lines
+
+
+def _conventions(rep: AnalysisReport) -> list[str]:
+    """The formulas and conventions behind the numbers, the timings and the numerical notes."""
+    notes = list(rep.eigenvalue_notes or []) + list(rep.krr.get("warnings") or [])
+    lines = [
         "## Conventions",
         "",
         "- Kernel ridge prediction f* = f0 + K(X*,X)(K+σI)⁻¹(Y − f0(X)) (linearization paper, eq. 14–17); "
@@ -228,10 +276,7 @@ def render_markdown(rep: AnalysisReport) -> str:
         "measured within r = ‖θ_KRR − θ0‖ (the distance the kernel-ridge solution moves the parameters).",
         f"- Timings: {', '.join(f'{k} {v:.1f}s' for k, v in (rep.timings or {}).items() if isinstance(v, float))}.",
     ]
-    lines += [f"- Note: {n}" for n in notes]
-    lines += _theory_section(rec)
-    lines += _run_section(rep.run_prediction, rec.train_command)
-    return "\n".join(lines) + "\n"
+    return lines + [f"- Note: {n}" for n in notes]
 
 
 def write_report(rep: AnalysisReport, out_dir, kernel_matrix) -> Path:

@@ -1,4 +1,4 @@
-"""The typed result of an analysis: what :func:`tangentft.analysis.run.analyze` returns and report.json holds.
+"""The typed result of an analysis: what :func:`tangentft.analysis.analyze.analyze` returns and report.json holds.
 
 :class:`KernelAnalysis` is the numpy part (everything read off the kernels and targets); :class:`AnalysisReport`
 adds what was analysed (model, task, selection, sample) and the model-dependent checks (Lipschitz
@@ -55,9 +55,10 @@ class Recommendation:
     ``regularization`` is λ in the analysis's sum-of-squares loss ½‖f − Y‖² + (λ/2)‖θ − θ0‖². The ``theory_*``
     fields are the setting the ridge and stopping numbers were derived for, as the trainer would run it:
     full-batch SGD on the mean squared loss with the pull ``theory_lam`` = 2λ/(n·K), lr ``theory_lr`` = α/2
-    for ``theory_steps`` steps (:func:`tangentft.analysis.run.theory_run_numbers`). ``train_command`` is the
-    run to launch (AdamW, its curve predicted in the report's ``run_prediction``); it and ``theory_command`` are
-    written by :mod:`tangentft.predict.recommend`.
+    for ``theory_steps`` steps (:func:`tangentft.analysis.analyze.theory_run_numbers`). ``train_command`` is the
+    run to launch (AdamW, its curve predicted in the report's ``run_prediction``); it, ``theory_command`` and the
+    ``decision`` (launch it, or no run is predicted to beat zero-shot and what to try instead) are written by
+    :mod:`tangentft.predict.recommend`.
     """
 
     lora_rank: int
@@ -75,6 +76,8 @@ class Recommendation:
     theory_notes: list[str] = field(default_factory=list)
     theory_command: str | None = None
     train_command: str | None = None
+    predicted_gain: bool | None = None  # whether the run to launch is predicted to beat not training at all
+    decision: str | None = None  # the sentence that says so, and what to try instead when it does not
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..io import format_number
+from ..models.spec import DEFAULT_LORA_RANK, Spec
 from .common import (
     NUM_LABELS_HELP,
     SCORE_RANGE_HELP,
@@ -29,7 +30,7 @@ def analyze(
     model: str = typer.Option(None, "--model", "-m", help="Model name (tangentft models), folder or hub id."),
     task: str = typer.Option(None, "--task", "-t", help="Task folder or file, e.g. ../shared/data/sst2."),
     params: str = typer.Option(None, "--params", "-p", help="Trained parameters, e.g. 'lora(r=8):q,v@0,15,29' "
-                               "(default: LoRA r=8 on q,v of the first, middle and last layers, plus an encoder's head)."),
+                               f"(default: LoRA r={DEFAULT_LORA_RANK} on q,v of the first, middle and last layers, plus an encoder's head)."),
     candidates: str = typer.Option(None, "--candidates", "-c", help="Candidate groups to rank, e.g. 'o@::5'."),
     n: int = typer.Option(32, "--num-examples", "--n", help="Training examples in the kernel, balanced per class when possible (--n is the old spelling)."),
     n_eval: int = typer.Option(None, "--n-eval", help="Eval examples for the kernel-ridge prediction (default: n)."),
@@ -90,6 +91,7 @@ def analyze(
     from ..predict.recommend import analyze_and_recommend
 
     check_out_dir(out)
+    params, candidates = _specs(params, candidates)
     distributed.init(resolve_device(device))
     main = distributed.is_main()
     try:
@@ -116,8 +118,19 @@ def analyze(
     console.print(f"predicted run: best {rp['metric_name']} {format_number(rp['best_metric'])} "
                   f"[{format_number(rp['metric_interval'][0])}, {format_number(rp['metric_interval'][1])}] at step "
                   f"{rp['best_step']}", highlight=False)
-    console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
+    console.print(f"decision: {rec.decision}", highlight=False, soft_wrap=True)
+    if rec.predicted_gain:
+        console.print(f"train: {rec.train_command}", highlight=False, soft_wrap=True)
     console.print(f"report: {out / 'report.md'}")
+
+
+def _specs(params: str | None, candidates: str | None) -> tuple[Spec | None, Spec | None]:
+    """--params and --candidates parsed here, where their text enters; they travel down as values."""
+    from ..errors import TangentError
+
+    if candidates is not None and not candidates.strip():
+        raise TangentError("--candidates is empty: give a selection spec such as 'o@::5'")
+    return tuple(None if text is None else Spec.parse(text) for text in (params, candidates))
 
 
 def _against(run_dir: Path, out: Path | None, n: int) -> None:

@@ -61,6 +61,46 @@ def _options(params, lora_r, lora_alpha, method_opt) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+def _config(ctx: typer.Context) -> tuple[TrainConfig, Path]:
+    """The run's config and folder from the parsed options: a new run's config, or (``--resume``) the stored one
+    with the options the user typed applied (:func:`tangentft.train.run.resume_config` checks they may change)."""
+    from ..errors import TangentError
+    from ..train.run import resume_config
+
+    o = ctx.params
+    if o["predict_n"] is not None and not o["predict"]:
+        raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
+    if o["refresh"] is not None and not o["predict"]:
+        raise TangentError("--refresh re-forecasts a predicted run; add --predict (or drop --refresh)")
+    scores = task_options(o["num_labels"], o["score_range"])["score_range"]
+    scores = list(scores) if scores else None
+    method_options = _options(o["params"], o["lora_r"], o["lora_alpha"], o["method_opt"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    resume, out = o["resume"], o["out"]
+    if resume is not None:
+        if o["overwrite"]:
+            raise TangentError("--resume continues a run and --overwrite replaces it: give one of them")
+        if out is not None and out.resolve() != resume.resolve():
+            raise TangentError(f"--resume {resume} writes into that folder; drop --out {out}")
+        typed = _explicit(ctx)
+        changes = {k: v for k, v in o.items() if k in typed and k in fields and k != "score_range"}
+        if scores is not None:
+            changes["score_range"] = scores
+        if typed & {"text_column", "label_column"}:
+            changes["columns"] = task_columns(o["text_column"], o["label_column"])
+        if typed & {"params", "lora_r", "lora_alpha", "method_opt"}:
+            changes["method_options"] = method_options
+        return resume_config(resume, changes), resume
+    if not o["model"] or not o["task"] or out is None:
+        raise TangentError("train needs --model, --task and --out (or --resume DIR)")
+    values = {k: v for k, v in o.items() if k in fields}
+    values.update(template=o["template"].replace("\\n", "\n") if o["template"] else None,
+                  label_words=o["label_words"].split(",") if o["label_words"] else None,
+                  columns=task_columns(o["text_column"], o["label_column"]), method_options=method_options,
+                  score_range=scores)
+    return TrainConfig(**values), out
+
+
 @friendly
 def train(
     ctx: typer.Context,
@@ -121,46 +161,9 @@ def train(
     if relaunch(ctx, nproc):
         return
     from .. import distributed
-    from ..errors import TangentError
-    from ..train.run import resume_config, run_training
+    from ..train.run import run_training
 
-    if predict_n is not None and not predict:
-        raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
-    if refresh is not None and not predict:
-        raise TangentError("--refresh re-forecasts a predicted run; add --predict (or drop --refresh)")
-    scores = task_options(num_labels, score_range)["score_range"]
-    scores = list(scores) if scores else None
-    if resume is not None:
-        if overwrite:
-            raise TangentError("--resume continues a run and --overwrite replaces it: give one of them")
-        if out is not None and out.resolve() != resume.resolve():
-            raise TangentError(f"--resume {resume} writes into that folder; drop --out {out}")
-        typed = _explicit(ctx)
-        method_keys = {"params", "lora_r", "lora_alpha", "method_opt"}
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        changes = {k: v for k, v in ctx.params.items() if k in typed and k in fields and k != "score_range"}
-        if scores is not None:
-            changes["score_range"] = scores
-        if typed & {"text_column", "label_column"}:
-            changes["columns"] = task_columns(text_column, label_column)
-        if typed & method_keys:
-            changes["method_options"] = _options(params, lora_r, lora_alpha, method_opt)
-        cfg, out_dir = resume_config(resume, changes), resume
-    else:
-        if not model or not task or out is None:
-            raise TangentError("train needs --model, --task and --out (or --resume DIR)")
-        cfg = TrainConfig(
-            model=model, task=task, template=template.replace("\\n", "\n") if template else None,
-            label_words=label_words.split(",") if label_words else None, columns=task_columns(text_column, label_column),
-            method=method, method_options=_options(params, lora_r, lora_alpha, method_opt),
-            reg=reg, lam=lam, reg_per_element=reg_per_element, weight_decay=weight_decay, optimizer=optimizer,
-            lr=lr, warmup_ratio=warmup_ratio, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-            grad_accum=grad_accum, loss=loss, n_train=n_train, n_eval=n_eval, eval_every=eval_every,
-            early_stop=early_stop, stop_at=stop_at, val_fraction=val_fraction, probe_size=probe_size,
-            eval_batch_size=eval_batch_size, seed=seed, num_labels=num_labels, score_range=scores, device=device,
-            dtype=dtype, grad_checkpointing=grad_checkpointing,
-        )
-        out_dir = out
+    cfg, out_dir = _config(ctx)
     main = distributed.is_main()
     # The bar starts with the first step: a run refused while loading prints its one error line only.
     loading = err_console.status(f"{cfg.method}: loading model and data")
@@ -195,8 +198,12 @@ def train(
         finally:
             loading.stop()
             distributed.shutdown()
-    if not main:
-        return
+    if main:
+        _print_summary(cfg, out_dir, summary)
+
+
+def _print_summary(cfg: TrainConfig, out_dir: Path, summary: dict) -> None:
+    """The run's last evaluation, distance from θ0 and linearization gap, and its prediction against the real run."""
     last = summary.get("last") or {}
     name = last.get("eval_metric_name", "metric")
     evaluated = (f"eval_loss {last['eval_loss']:.4f}  {name} {last['eval_metric']:.4f}"

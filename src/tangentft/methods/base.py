@@ -20,15 +20,20 @@ from torch import nn
 
 from ..errors import TangentError
 from ..models.selection import ParamSelection
+from ..models.spec import Spec
 
 
 @dataclass
 class MethodConfig:
     """Fields shared by every method; subclasses add their own, each with ``metadata={"help": ...}``."""
 
-    params: str | None = field(default=None, metadata={
-        "help": "Parameter selection spec, e.g. 'q,v@0,15,29' or 'lora(r=8):q,v@all' (see tangentft.models.selection)."})
+    params: Spec | None = field(default=None, metadata={
+        "help": "Parameter selection spec, e.g. 'q,v@0,15,29' or 'lora(r=8):q,v@all' (see tangentft.models.spec)."})
     seed: int = field(default=0, metadata={"help": "Seed for adapter initialisation and selections."})
+
+    def __post_init__(self):
+        if self.params is not None:
+            self.params = Spec.parse(self.params)  # spec text enters here; methods get the parsed value
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -56,14 +61,15 @@ class MethodConfig:
             if key not in known:
                 opts = ", ".join(sorted(known))
                 raise TangentError(f"option '{key}' does not apply to method '{method}' (its options: {opts})")
-            kwargs[key] = _coerce(key, value, known[key])
+            # a config keeps the spec's text (config.json's form); the method config parses it
+            kwargs[key] = str(value) if isinstance(value, Spec) else _coerce(key, value, known[key])
             if isinstance(kwargs[key], float) and not math.isfinite(kwargs[key]):
                 raise TangentError(f"option {key}={value!r}: expected a finite number")
         return kwargs
 
     def to_json(self) -> dict[str, Any]:
-        """The config as a plain dict (for config.json)."""
-        return asdict(self)
+        """The config as a plain dict (for config.json): the spec as its text."""
+        return asdict(self) | {"params": None if self.params is None else str(self.params)}
 
 
 def _coerce(key: str, value: Any, f) -> Any:

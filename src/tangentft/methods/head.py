@@ -34,6 +34,6 @@ class HeadMethod(FullMethod):
                 f"method 'head' trains an encoder's task head; {task_model.model_name} is a causal LM "
                 "(use method 'full' with a params selection, or 'lora')"
             )
-        if self.config.params not in (None, "head"):
+        if self.config.params is not None and str(self.config.params) != "head":
             raise TangentError(f"method 'head' trains only the head; got params={self.config.params!r}")
         return select(task_model, "head", seed=self.config.seed)

@@ -32,7 +32,8 @@ from torch.func import functional_call, jvp
 
 from ..errors import TangentError
 from ..io import save_safetensors, write_json
-from ..models.selection import ParamBlock, ParamSelection, parse_spec, select
+from ..models.selection import ParamBlock, ParamSelection, select
+from ..models.spec import LoraOptions, Spec
 from .base import FineTuneMethod, MethodConfig, register_method
 from .full import all_parameters_selection, freeze_all_but, selection_masks
 
@@ -162,14 +163,13 @@ class FactoredLinearizedModel(nn.Module):
         return f0 + jv
 
 
-def linear_selection(task_model: nn.Module, params: str | None, lora_r, lora_alpha, seed: int) -> ParamSelection:
+def linear_selection(task_model: nn.Module, params: Spec | None, lora_r, lora_alpha, seed: int) -> ParamSelection:
     """Resolve the selection of a linearized run: every parameter, module tensors, or a LoRA parameterization."""
     if params is None:
         if lora_r is not None or lora_alpha is not None:
             raise TangentError("lora_r/lora_alpha need a LoRA selection, e.g. params 'lora:q,v@all'")
         return all_parameters_selection(task_model)
-    terms = parse_spec(params, task_model.structure.num_layers)
-    if any(t.lora is not None for t in terms):
+    if params.lora_terms:
         from .lora import lora_spec
 
         return select(task_model, lora_spec(task_model, params, lora_r, lora_alpha), seed=seed)
@@ -190,8 +190,8 @@ class LinearizedConfig(MethodConfig):
         "'q,v@all.weight'.")})
 
     def __post_init__(self):
-        if self.lora_r is not None and self.lora_r <= 0:
-            raise TangentError(f"LoRA rank must be positive, got lora_r={self.lora_r}")
+        super().__post_init__()
+        LoraOptions().overridden(self.lora_r, self.lora_alpha)  # the options' own checks, before any loading
         if self.factor_rank is not None and self.factor_rank <= 0:
             raise TangentError(f"factor_rank must be positive, got factor_rank={self.factor_rank}")
 
@@ -228,7 +228,7 @@ class LinearizedMethod(FineTuneMethod):
         hint = "select weight matrices only, e.g. params 'q,v@all.weight'"
         if cfg.params is None:
             raise TangentError(f"factor_rank needs params naming the weight matrices to factor: {hint}")
-        if any(t.lora is not None for t in parse_spec(cfg.params, task_model.structure.num_layers)):
+        if cfg.params.lora_terms:
             raise TangentError(f"factor_rank factors the weights themselves; params '{cfg.params}' is a lora(...) "
                                "selection (that one linearizes in PEFT's factors): drop one of the two")
         self._selected = linear_selection(task_model, cfg.params, cfg.lora_r, cfg.lora_alpha, cfg.seed)

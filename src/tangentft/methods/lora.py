@@ -20,7 +20,8 @@ from torch import nn
 from ..device import seeded
 from ..errors import TangentError
 from ..io import save_safetensors, write_json
-from ..models.selection import SpecTerm, parse_spec, register_term_kind, resolve, term_module_paths
+from ..models.selection import register_term_kind, resolve, term_module_paths
+from ..models.spec import DEFAULT_LORA_RANK, LoraOptions, Spec, SpecTerm
 from .base import FineTuneMethod, MethodConfig, register_method
 
 HEAD_MODULE = "task_head"  # the encoder head's module name inside a stand-alone adapter's base model
@@ -76,7 +77,7 @@ def with_head(peft_model, head: nn.Module):
 
 def inject_lora(
     task_model,
-    spec: str | list[SpecTerm],
+    spec: str | Spec,
     *,
     r: int | None = None,
     alpha: float | None = None,
@@ -91,8 +92,8 @@ def inject_lora(
     used to test kernels with B ≠ 0). The PEFT wrapper is kept as ``task_model.peft_model`` for
     ``save_pretrained``. Returns the :class:`peft.LoraConfig`.
     """
-    terms = parse_spec(spec, task_model.structure.num_layers) if isinstance(spec, str) else spec
-    terms = [t for t in terms if t.lora is not None] or list(terms)
+    spec = Spec.parse(spec).check_layers(task_model.structure.num_layers)
+    terms = list(spec.lora_terms or spec.terms)
     return _inject(task_model, terms, term_module_paths(task_model, terms), r=r, alpha=alpha, dropout=dropout,
                    seed=seed, init=init)
 
@@ -103,19 +104,16 @@ def _inject(task_model, terms: list[SpecTerm], paths: list[str], *, r: int | Non
     LoRA adapter on ``paths``, the module paths the terms resolved to."""
     from peft import LoraConfig, get_peft_model
 
-    opts = terms[0].lora or {}
+    opts = terms[0].lora or LoraOptions()
     for t in terms[1:]:
-        if (t.lora or {}) != opts:
+        if (t.lora or LoraOptions()) != opts:
             raise TangentError("all lora terms of one selection must share r and alpha (one adapter per model)")
-    r = int(r if r is not None else opts.get("r", 8))
-    if r <= 0:
-        raise TangentError(f"LoRA rank must be positive, got r={r}")
-    alpha = float(alpha if alpha is not None else (opts.get("alpha") or 2 * r))
+    opts = opts.overridden(r, alpha)
     if getattr(task_model, "peft_model", None) is not None:
         raise TangentError("this task model already carries a LoRA adapter")
     config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
+        r=opts.r,
+        lora_alpha=opts.scale_alpha,
         lora_dropout=dropout,
         target_modules=paths,
         init_lora_weights=init == "default",
@@ -123,7 +121,7 @@ def _inject(task_model, terms: list[SpecTerm], paths: list[str], *, r: int | Non
         # GPT-2's Conv1D stores weights (in, out); PEFT needs to be told.
         fan_in_fan_out=task_model.structure.arch == "gpt2",
     )
-    _warn_rank_beyond_full(task_model, paths, r)
+    _warn_rank_beyond_full(task_model, paths, opts.r)
     # On the meta device (``plan``) the factors are shapes only: PEFT would otherwise allocate them on the CPU.
     meta = torch.device("meta") if task_model.device.type == "meta" else contextlib.nullcontext()
     with seeded(seed, task_model.device), meta:
@@ -131,6 +129,11 @@ def _inject(task_model, terms: list[SpecTerm], paths: list[str], *, r: int | Non
     # Not a submodule: the parameters are already reachable as task_model.hf.*; keep the wrapper for saving.
     object.__setattr__(task_model, "peft_model", peft_model)
     return config
+
+
+def register_terms() -> None:
+    """Give ``lora(...)`` selection terms their meaning (:func:`_inject`) wherever specs are resolved."""
+    register_term_kind("lora", _inject)
 
 
 def _warn_rank_beyond_full(task_model, paths: list[str], r: int) -> None:
@@ -150,49 +153,29 @@ def _warn_rank_beyond_full(task_model, paths: list[str], r: int) -> None:
                       "the same updates", stacklevel=2)
 
 
-register_term_kind("lora", _inject)
+def lora_spec(task_model, params: Spec | None, r: int | None = None, alpha: float | None = None) -> Spec:
+    """The spec a LoRA run trains (:meth:`Spec.as_lora`, ``r``/``alpha`` the config's ``lora_r``/``lora_alpha``).
 
-
-def lora_spec(task_model, params: str | None, r: int | None = None, alpha: float | None = None) -> str:
-    """Normalize a selection for LoRA training into an explicit spec.
-
-    Unset ``params`` means ``q,v`` in every layer (plus the head for encoders, whose head is new). Terms
-    without a ``lora`` prefix that name projections become LoRA terms; ``head``/``norm``/``embed`` terms stay
-    fully trained. ``r``/``alpha`` (the config's ``lora_r``/``lora_alpha``) override the spec's options, and
-    the result spells them out so config.json and the selection say what was injected.
+    Unset ``params`` means ``q,v`` in every layer (plus the head for encoders, whose head is new).
     """
-    if r is not None and r <= 0:
-        raise TangentError(f"LoRA rank must be positive, got lora_r={r}")
-    if alpha is not None and alpha <= 0:
-        raise TangentError(f"LoRA alpha must be positive, got lora_alpha={alpha}")
     if params is None:
-        params = "lora:q,v@all" + (";head" if getattr(task_model, "head", None) is not None else "")
-    out = []
-    for raw in filter(None, (t.strip() for t in params.split(";"))):
-        term = parse_spec(raw, task_model.structure.num_layers)[0]
-        if term.lora is None and any(t in ("head", "norm", "embed") for t in term.targets):
-            out.append(raw)
-            continue
-        body = raw.split(":", 1)[1] if term.lora is not None else raw
-        rr = int(r if r is not None else (term.lora or {}).get("r", 8))
-        aa = float(alpha if alpha is not None else ((term.lora or {}).get("alpha") or 2 * rr))
-        out.append(f"lora(r={rr},alpha={aa:g}):{body}")
-    return ";".join(out)
+        params = Spec.parse("lora:q,v@all" + (";head" if getattr(task_model, "head", None) is not None else ""))
+    return params.as_lora(r, alpha)
 
 
 @dataclass
 class LoraMethodConfig(MethodConfig):
     """LoRA through PEFT; ``params`` like ``lora(r=8):q,v@0,15,29`` or plain ``q,v@all``."""
 
-    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (overrides the spec's r; default 8)."})
+    lora_r: int | None = field(default=None, metadata={"help": f"LoRA rank (overrides the spec's r; default {DEFAULT_LORA_RANK})."})
     lora_alpha: float | None = field(
         default=None, metadata={"help": "LoRA alpha (overrides the spec's alpha; default 2r)."}
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (0 keeps f deterministic)."})
 
     def __post_init__(self):
-        if self.lora_r is not None and self.lora_r <= 0:
-            raise TangentError(f"LoRA rank must be positive, got lora_r={self.lora_r}")
+        super().__post_init__()
+        LoraOptions().overridden(self.lora_r, self.lora_alpha)  # the options' own checks, before any loading
         if not 0 <= self.lora_dropout < 1:
             raise TangentError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
@@ -208,19 +191,19 @@ class LoraMethod(FineTuneMethod):
         from .full import freeze_all_but
 
         cfg = self.config
-        spec = lora_spec(task_model, cfg.params, cfg.lora_r, cfg.lora_alpha)
-        terms = parse_spec(spec, task_model.structure.num_layers)
-        inject_lora(task_model, [t for t in terms if t.lora is not None], dropout=cfg.lora_dropout, seed=cfg.seed)
-        self.selected = resolve(task_model, terms)
+        spec = lora_spec(task_model, cfg.params, cfg.lora_r, cfg.lora_alpha).check_layers(
+            task_model.structure.num_layers)
+        inject_lora(task_model, Spec(spec.lora_terms), dropout=cfg.lora_dropout, seed=cfg.seed)
+        self.selected = resolve(task_model, spec)
         freeze_all_but(task_model, {b.name for b in self.selected.blocks})
         return task_model
 
     def save(self, model, out_dir: Path) -> None:
         """PEFT ``save_pretrained`` into ``out_dir/adapter`` (adapter_config.json + adapter_model.safetensors);
-        fully trained extras (an encoder head) go to ``out_dir/extra.safetensors``."""
+        fully trained extras (an encoder head) go to ``out_dir/extra.safetensors``. An encoder's head travels in
+        the adapter whether it trained or not: a seeded head is part of the task model plain PEFT must rebuild."""
         out_dir = Path(out_dir)
-        head = model.head if any(n.startswith("head.") for n in self.trainable_parameters(model)) else None
-        save_peft_adapter(model.peft_model, out_dir / "adapter", head=head)
+        save_peft_adapter(model.peft_model, out_dir / "adapter", head=getattr(model, "head", None))
         extra = {n: p for n, p in self.trainable_parameters(model).items() if ".lora_" not in n}
         if extra:
             save_safetensors(out_dir / "extra.safetensors", extra, {"method": self.name})

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import TangentError
+from ..models.spec import Spec
 from .base import register_method
 from .linearized import LinearizedConfig, LinearizedMethod, _key
 
@@ -40,7 +41,7 @@ class NuclearProxConfig(LinearizedConfig):
         if self.nuclear_lam < 0:
             raise TangentError(f"nuclear_lam must be ≥ 0, got {self.nuclear_lam}")
         if self.params is None:
-            self.params = "all@all"
+            self.params = Spec.parse("all@all")
 
 
 @register_method

@@ -1,17 +1,9 @@
 """ParamSelection: which parameters (or which rows/columns of them) are "θ" for a kernel or a training run.
 
-Selections are written as a small spec language and resolved through the :class:`StructureMap`:
+A selection is a parsed :class:`~tangentft.models.spec.Spec` (the spec language lives in
+:mod:`tangentft.models.spec`) resolved through the :class:`StructureMap`.
 
-    SPEC   := TERM (";" TERM)*
-    TERM   := ["lora" ["(" r=8,alpha=16 ")"] ":"] TARGETS ["@" LAYERS] ["." PART]
-    TARGETS:= comma list of roles q k v o gate up down, or the aliases attn (q,k,v,o), mlp (gate,up,down),
-              all (every role), norm (the layer's norms), or the whole-model names head, embed
-    LAYERS := all | 3 | 0,15,29 | 0-5 | ::5 (every 5th) | 2:10:2 (python slice)
-    PART   := weight | bias (default: both, where a bias exists); for lora terms A | B (default: both)
-
-Examples: ``q,v@0,15,29`` · ``o@::5`` · ``attn@all.bias`` · ``lora(r=8):q,v@0,15,29`` · ``head`` · ``norm@all``.
-
-This module is the one home of the language: :func:`select` parses a spec, lets the method that gives a
+This module resolves specs: :func:`select` takes a spec, lets the method that gives a
 term kind its meaning create what the term names, resolves the spec to parameter blocks and groups them.
 A ``lora`` term selects the ``lora_A``/``lora_B`` factors of a PEFT LoRA adapter; the LoRA method
 registers (:func:`register_term_kind`) the function that injects that adapter on the module paths the
@@ -24,7 +16,6 @@ Each block carries a ``group`` label (default ``L{layer}.{role}``) for per-group
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,11 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import TangentError
-from .structure import ALL_ROLES, ATTN_ROLES, FFN_ROLES, StructureMap
-
-WHOLE_MODEL_TARGETS = ("head", "embed")
-LORA_KEYS = ("r", "alpha")
-ALIASES = {"attn": ATTN_ROLES, "mlp": FFN_ROLES, "all": ALL_ROLES}
+from .spec import ALIASES, Spec, SpecTerm
+from .structure import StructureMap
 
 
 def expand_targets(targets: Iterable[str], smap: StructureMap) -> tuple[str, ...]:
@@ -49,100 +37,10 @@ def expand_targets(targets: Iterable[str], smap: StructureMap) -> tuple[str, ...
     return tuple(dict.fromkeys(out))
 
 
-# -- the parsed spec -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpecTerm:
-    """One parsed term of a selection spec."""
-
-    targets: tuple[str, ...]
-    layers: tuple[int, ...] | None  # None: all layers (resolved against the model)
-    part: str | None  # weight | bias | A | B | None (all)
-    lora: dict | None = None  # {"r": 8, "alpha": 16, ...} for lora terms
-    text: str = ""
-
-
-def _parse_layers(text: str, num_layers: int | None) -> tuple[int, ...] | None:
-    text = text.strip()
-    if text in ("", "all"):
-        return None
-    if num_layers is None:
-        num_layers = 10**6
-    out: list[int] = []
-    try:
-        if ":" in text:
-            parts = [int(p) if p else None for p in text.split(":")]
-            if len(parts) > 3:
-                raise ValueError
-            out = list(range(num_layers))[slice(*parts)]
-        else:
-            for piece in text.split(","):
-                if re.fullmatch(r"\d+-\d+", piece.strip()):
-                    a, b = (int(x) for x in piece.split("-"))
-                    if b < a:
-                        raise TangentError(f"reversed layer range '{piece.strip()}' in '@{text}': write {b}-{a}")
-                    out.extend(range(a, b + 1))
-                else:
-                    out.append(int(piece))
-    except ValueError:
-        raise TangentError(f"bad layer list '{text}': use all, 3, 0,15,29, 0-5 or ::5") from None
-    if num_layers < 10**6:
-        beyond = [i for i in out if not 0 <= i < num_layers]
-        if beyond:
-            raise TangentError(f"layer {beyond[0]} in '@{text}' does not exist: the model has layers 0-{num_layers - 1}")
-    if not out:
-        raise TangentError(f"layer list '@{text}' selects no layer")
-    return tuple(dict.fromkeys(out))
-
-
-def parse_spec(spec: str, num_layers: int | None = None) -> list[SpecTerm]:
-    """Parse a selection spec string into terms (see the module docstring for the grammar)."""
-    if not spec or not spec.strip():
-        raise TangentError("empty parameter selection: give a spec such as 'q,v@0,15,29' or 'head'")
-    terms = []
-    for raw in spec.split(";"):
-        raw = raw.strip()
-        if not raw:
-            continue
-        lora = None
-        body = raw
-        m = re.match(r"^lora(?:\(([^)]*)\))?:(.*)$", raw)
-        if m:
-            lora = {"r": 8, "alpha": None}
-            for kv in filter(None, (m.group(1) or "").split(",")):
-                if "=" not in kv:
-                    raise TangentError(f"bad LoRA option '{kv}' in '{raw}': write key=value, e.g. lora(r=8,alpha=16)")
-                k, v = (s.strip() for s in kv.split("=", 1))
-                if k not in LORA_KEYS:
-                    raise TangentError(f"unknown LoRA option '{k}' in '{raw}': choose from {', '.join(LORA_KEYS)}")
-                try:
-                    lora[k] = float(v) if "." in v else int(v)
-                except ValueError:
-                    raise TangentError(f"bad LoRA option value '{kv}' in '{raw}'") from None
-            if lora["r"] <= 0:
-                raise TangentError(f"LoRA rank must be positive, got r={lora['r']} in '{raw}'")
-            body = m.group(2)
-        part = None
-        m = re.match(r"^(.*)\.(weight|bias|A|B)$", body.strip())
-        if m:
-            body, part = m.group(1), m.group(2)
-            if (part in ("A", "B")) != (lora is not None):
-                raise TangentError(f"part '.{part}' in '{raw}' needs {'a lora term' if part in 'AB' else 'a module term'}")
-        targets_text, _, layers_text = body.partition("@")
-        targets: list[str] = []
-        for t in (x.strip() for x in targets_text.split(",")):
-            if t in ALIASES or t in ALL_ROLES or t in WHOLE_MODEL_TARGETS or t == "norm":
-                targets.append(t)
-            else:
-                known = ", ".join(ALL_ROLES + ("attn", "mlp", "all", "norm") + WHOLE_MODEL_TARGETS)
-                raise TangentError(f"unknown module type '{t}' in '{raw}': choose from {known}")
-        if lora is not None and any(t not in ALL_ROLES and t not in ALIASES for t in targets):
-            raise TangentError(f"LoRA term '{raw}' can only adapt projections ({', '.join(ALL_ROLES)})")
-        terms.append(
-            SpecTerm(tuple(dict.fromkeys(targets)), _parse_layers(layers_text, num_layers), part, lora, raw)
-        )
-    if not terms:
-        raise TangentError(f"empty parameter selection '{spec}'")
-    return terms
+def parse_spec(spec: str | Spec, num_layers: int | None = None) -> list[SpecTerm]:
+    """The terms of ``spec`` (:meth:`Spec.parse`), their layers checked against ``num_layers`` when given."""
+    parsed = Spec.parse(spec)
+    return list(parsed.check_layers(num_layers).terms if num_layers is not None else parsed.terms)
 
 
 # -- resolved selection --------------------------------------------------------------------------------------
@@ -241,7 +139,7 @@ class ParamSelection:
         if structure is None:
             raise TangentError(f"unknown grouping '{by}': choose from {', '.join(GROUP_KEYWORDS)} (or a spec, given the model)")
         try:
-            terms = parse_spec(by, structure.num_layers)
+            terms = Spec.parse(by).check_layers(structure.num_layers).terms
         except TangentError as exc:
             raise TangentError(f"groups '{by}' is neither a keyword ({', '.join(GROUP_KEYWORDS)}) nor a valid spec: "
                                f"{exc.message}") from None
@@ -308,7 +206,7 @@ GROUP_KEYWORDS: dict[str, Callable[[ParamBlock], str]] = {
 def _covers(term: SpecTerm, b: ParamBlock, smap: StructureMap) -> bool:
     targets = expand_targets(term.targets, smap)
     role_ok = "norm" in targets if b.module_kind == "norm" else b.role in targets
-    return role_ok and (b.layer is None or term.layers is None or b.layer in term.layers)
+    return role_ok and (b.layer is None or b.layer in term.layer_indices(smap.num_layers))
 
 
 def _module_kind(module: nn.Module) -> str:
@@ -320,15 +218,15 @@ def _module_kind(module: nn.Module) -> str:
     return "linear"
 
 
-def resolve(task_model: nn.Module, spec: str | list[SpecTerm], *, prefix: str = "hf.") -> ParamSelection:
+def resolve(task_model: nn.Module, spec: str | Spec, *, prefix: str = "hf.") -> ParamSelection:
     """Resolve a spec against a TaskModel (``task_model.hf`` is the HF model, ``task_model.head`` its head).
 
     Raises :class:`TangentError` for unknown roles or layers, for a spec that matches no parameter, and for
     a LoRA term whose modules carry no injected LoRA adapter.
     """
     smap: StructureMap = task_model.structure
-    terms = parse_spec(spec, smap.num_layers) if isinstance(spec, str) else spec
-    spec_text = spec if isinstance(spec, str) else ";".join(t.text for t in terms)
+    spec = Spec.parse(spec)
+    terms = spec.terms
     params = dict(task_model.named_parameters(remove_duplicate=False))
     blocks: list[ParamBlock] = []
     lora_opts = None
@@ -350,12 +248,7 @@ def resolve(task_model: nn.Module, spec: str | list[SpecTerm], *, prefix: str = 
             blocks.append(ParamBlock(name, path, p, kind, group, layer, role, transposed, out_idx))
 
     for term in terms:
-        layers = term.layers if term.layers is not None else tuple(range(smap.num_layers))
-        for layer in layers:
-            if not 0 <= layer < smap.num_layers:
-                raise TangentError(
-                    f"layer {layer} in '{term.text}' out of range: {smap.arch} model has layers 0..{smap.num_layers - 1}"
-                )
+        layers = term.layer_indices(smap.num_layers)
         for target in expand_targets(term.targets, smap):
             if target == "head":
                 if getattr(task_model, "head", None) is None:
@@ -380,7 +273,7 @@ def resolve(task_model: nn.Module, spec: str | list[SpecTerm], *, prefix: str = 
                 if term.lora is None:
                     add(prefix + ref.path, "linear", group, layer, target, term.part, ref.transposed, ref.out_range)
                     continue
-                lora_opts = term.lora
+                lora_opts = {"r": term.lora.r, "alpha": term.lora.alpha}
                 mod = task_model.get_submodule(prefix + ref.path)
                 if not hasattr(mod, "lora_A"):
                     raise TangentError(
@@ -394,7 +287,7 @@ def resolve(task_model: nn.Module, spec: str | list[SpecTerm], *, prefix: str = 
                         path = f"{prefix}{ref.path}.lora_{factor}.{adapter}"
                         if not any(b.module == path for b in blocks):
                             add(path, "linear", group, layer, target, "weight")
-    return ParamSelection(_dedupe(blocks), spec_text, lora_opts)
+    return ParamSelection(_dedupe(blocks), str(spec), lora_opts)
 
 
 def _dedupe(blocks: list[ParamBlock]) -> list[ParamBlock]:
@@ -420,8 +313,7 @@ def term_module_paths(task_model: nn.Module, terms: list[SpecTerm]) -> list[str]
     smap: StructureMap = task_model.structure
     paths: list[str] = []
     for term in terms:
-        layers = term.layers if term.layers is not None else range(smap.num_layers)
-        for layer in layers:
+        for layer in term.layer_indices(smap.num_layers):
             for role in expand_targets(term.targets, smap):
                 paths.append(smap.ref(layer, role).path)
     return list(dict.fromkeys(paths))
@@ -447,7 +339,7 @@ def register_term_kind(kind: str, prepare: TermPreparer) -> None:
     TERM_KINDS[kind] = prepare
 
 
-def select(task_model: nn.Module, spec: str, *, seed: int = 0, groups: str | None = None,
+def select(task_model: nn.Module, spec: str | Spec, *, seed: int = 0, groups: str | None = None,
            init: str = "default") -> ParamSelection:
     """Parse ``spec``, create what its method-defined terms name (a LoRA adapter for ``lora`` terms, unless the
     model carries one already), resolve it on ``task_model`` and group it by ``groups`` (see
@@ -455,11 +347,11 @@ def select(task_model: nn.Module, spec: str, *, seed: int = 0, groups: str | Non
     if init not in INITS:
         raise TangentError(f"unknown init '{init}': choose from {', '.join(INITS)}")
     smap: StructureMap = task_model.structure
-    terms = parse_spec(spec, smap.num_layers)
-    lora_terms = [t for t in terms if t.lora is not None]
+    spec = Spec.parse(spec).check_layers(smap.num_layers)
+    lora_terms = list(spec.lora_terms)
     if lora_terms and getattr(task_model, "peft_model", None) is None:
         if "lora" not in TERM_KINDS:
             raise TangentError(f"'{spec}' has lora terms but no method defines them: import tangentft.methods first")
         TERM_KINDS["lora"](task_model, lora_terms, term_module_paths(task_model, lora_terms), seed=seed, init=init)
-    selection = resolve(task_model, terms)
+    selection = resolve(task_model, spec)
     return selection.regroup(groups, smap) if groups is not None and groups.strip() else selection

@@ -1,6 +1,6 @@
 """An analysis's recommendation as runs of the trainer: the run to launch, its predicted curve, and the theory's run.
 
-:mod:`tangentft.analysis.run` computes the recommendation's numbers (it cannot build a :class:`TrainConfig`:
+:mod:`tangentft.analysis.analyze` computes the recommendation's numbers (it cannot build a :class:`TrainConfig`:
 analysis sits below train and predict); this module turns them into configs. The run to launch (:func:`recommended_run`) is
 AdamW on the analysed parameters plus the recommended candidate groups, stopped at the best step its predicted
 curve shows (:func:`predict_recommended`); its command is the report's ``train_command``, the one the report ends
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.result import AnalysisReport
+from ..models.spec import Spec
 from ..train.config import TrainConfig
 from .curve import predict_with, run_kernels
 
@@ -27,9 +28,7 @@ THEORY_OUT = "runs/theory"
 
 def _method(params: str) -> str:
     """lora when the selection trains LoRA factors (its candidates are LoRA adapters too), full otherwise."""
-    from ..models.selection import parse_spec
-
-    return "lora" if any(t.lora is not None for t in parse_spec(params)) else "full"
+    return "lora" if Spec.parse(params).lora_terms else "full"
 
 
 def _params(rep: AnalysisReport) -> str:
@@ -39,7 +38,7 @@ def _params(rep: AnalysisReport) -> str:
 
 def recommended_run(rep: AnalysisReport, *, steps: int | None = None, lr: float | None = None) -> TrainConfig:
     """The run that applies an ``analyze`` report's recommendation: its parameters plus the recommended candidate
-    groups (:func:`tangentft.analysis.run.recommended_params`), the LoRA method when they are LoRA factors, AdamW,
+    groups (:func:`tangentft.analysis.analyze.recommended_params`), the LoRA method when they are LoRA factors, AdamW,
     trained on the analysis's own kernel sample (``n_train`` = n, same seed and eval examples); ``steps`` defaults
     to ten epochs at batch 8 (10 to 200 steps), ``lr`` to the config's default."""
     params = _params(rep)
@@ -57,7 +56,7 @@ def _round(x: float) -> float:
 
 def theory_run(rep: AnalysisReport) -> TrainConfig:
     """The theory's run of a report whose recommendation has its numbers
-    (:func:`tangentft.analysis.run.theory_run_numbers`): full-batch SGD on the mean squared loss over the n
+    (:func:`tangentft.analysis.analyze.theory_run_numbers`): full-batch SGD on the mean squared loss over the n
     analysed examples, lr = α/2, the pull λ_train = 2λ/(n·K) toward θ0, T̂ steps (stretched where the pull
     needs smaller steps), no warmup."""
     rec = rep.recommendation
@@ -92,19 +91,51 @@ def predict_recommended(rep: AnalysisReport, *, n: int | None = None,
     rec = rep.recommendation
     if rec is not None:
         rec.train_command = chosen.command_line(RUN_OUT, predict=True)
+        rec.predicted_gain, rec.decision = decide(pred, rep)
         if rec.theory_lr is not None:
             rec.theory_command = theory_run(rep).command_line(THEORY_OUT)
     return pred
 
 
-def analyze_and_recommend(model: str, task: str, params: str | None = None, candidates: str | None = None, *,
+def decide(pred: dict, rep: AnalysisReport) -> tuple[bool, str]:
+    """Whether to launch the predicted run: it must beat not training — the zero-shot model and the majority
+    class — at its predicted best step. Returns (gain, the sentence saying so); without a gain the sentence names
+    what to try instead, read off the prediction (a curve best at step 0, an interval too wide, a probe that
+    matches) rather than a fixed list."""
+    b = pred.get("baselines", {})
+    name, best = pred["metric_name"], pred["best_metric"]
+    bars = {k: v for k, v in (("zero-shot", b.get("zero_shot")), ("majority", b.get("majority")))
+            if v is not None and v == v}
+    if bars and all(best > v for v in bars.values()):
+        return True, (f"launch it: predicted best {name} {best:.3g} at step {pred['best_step']} beats "
+                      + ", ".join(f"{k} {v:.3g}" for k, v in bars.items()))
+    bar, value = max(bars.items(), key=lambda kv: kv[1]) if bars else ("zero-shot", float("nan"))
+    tries = []
+    if pred["horizon"]["best_step"] <= 0:
+        tries.append(f"a smaller learning rate (at --lr {pred['lr']:g} the predicted curve is best at step 0)")
+    if pred.get("n_for_2_points") and pred["n_for_2_points"] > pred["n"]:
+        tries.append(f"more examples (the interval needs n ≈ {pred['n_for_2_points']} for ±2 points; "
+                     f"analyze with --num-examples {min(pred['n_for_2_points'], 4 * pred['n'])})")
+    probe = b.get("linear_probe")
+    if probe is not None and probe == probe and probe > value:
+        tries.append(f"a linear probe on the frozen features (predicted {probe:.3g})")
+    tries.append("other parameters (more layers or a higher rank in --params, or the candidates the ranking puts "
+                 "first)")
+    if rep.task_kind == "classification":
+        tries.append("another prompt (--template/--label-words): zero-shot sets the bar here")
+    return False, (f"no candidate is predicted to beat {bar} ({value:.3g}): the best predicted run reaches {name} "
+                   f"{best:.3g} at step {pred['best_step']}, so keep the model as it is, or try " + "; ".join(tries))
+
+
+def analyze_and_recommend(model: str, task: str, params: str | Spec | None = None,
+                          candidates: str | Spec | None = None, *,
                           n: int = 32, out: str | Path | None = None,
                           progress: Callable[[str, int, int], None] | None = None, **options: Any) -> AnalysisReport:
-    """``analyze``: the pre-training analysis (:func:`tangentft.analysis.run.analyze`, ``options`` are its keyword
+    """``analyze``: the pre-training analysis (:func:`tangentft.analysis.analyze.analyze`, ``options`` are its keyword
     arguments), then the run to launch and its predicted curve (:func:`predict_recommended`). With ``out``, writes
     report.json, report.md, the figures and the kernel there. Returns the report."""
+    from ..analysis.analyze import analyze
     from ..analysis.report import write_report
-    from ..analysis.run import analyze
 
     rep, k_base, kernel = analyze(model, task, params, candidates, n=n, progress=progress, **options)
     predict_recommended(rep, n=n, progress=progress)

@@ -91,14 +91,11 @@ class TrainConfig:
     def _validate(self) -> None:
         """One clear error, naming the field and its value, for the first out-of-range setting."""
         from ..methods.base import get_method
-        from ..models.selection import parse_spec
 
         method = get_method(self.method)
         # stored typed, so a config built from strings (``key=value`` options) equals the one built from values
         self.method_options = method.config_class.coerce_options(self.method, self.method_options)
-        self.method_config()
-        if self.method_options.get("params"):
-            parse_spec(str(self.method_options["params"]))  # unknown module types fail before any loading
+        self.method_config()  # parses the spec: unknown module types fail before any loading
         from ..device import dtype_name, resolve_dtype
 
         dtype = dtype_name(resolve_dtype(self.dtype))

@@ -23,7 +23,7 @@ from ...models.selection import ParamBlock, ParamSelection
 from ...models.structure import StructureMap
 from ..base import FineTuneMethod, MethodConfig, register_method
 from .config import S2FTConfig
-from .selection import select, slice_selection
+from .selection import pick_units, slice_selection
 
 
 def parse_ratios(text: str) -> dict[str, float]:
@@ -141,7 +141,7 @@ class S2FTMethod(FineTuneMethod):
         whole: dict[str, ParamBlock] = {}
         for b in resolve(task_model, extra).blocks:
             whole.setdefault(b.name, replace(b, out_idx=None, in_idx=None))
-        return sel + ParamSelection(list(whole.values()), extra)
+        return sel + ParamSelection(list(whole.values()), str(extra))
 
     def kernel_selection(self, task_model: nn.Module) -> ParamSelection:
         """:meth:`selection` on the unchanged ``task_model`` (recorded as ``selected``); no adapter is injected.
@@ -164,7 +164,7 @@ class S2FTMethod(FineTuneMethod):
 
     def rank_units(self, task_model, progress: Callable[[int, int], None] | None = None) -> dict:
         """The units (heads/channels per layer) this config trains on ``task_model``: the selection dict of
-        :func:`tangentft.methods.s2ft.selection.select`, calibrated for strategies A/S/G on this method's
+        :func:`tangentft.methods.s2ft.selection.pick_units`, calibrated for strategies A/S/G on this method's
         calibration examples; ``progress(done, total)`` ticks once per calibration batch."""
         peft_config = self.config.to_peft()
         calibration = None
@@ -172,7 +172,7 @@ class S2FTMethod(FineTuneMethod):
             calibration = task_calibration(task_model, self._calibration_examples(peft_config))
             if progress is not None:
                 calibration = _ticking(calibration, progress)
-        return select(task_model.hf, task_model.structure, peft_config, calibration)
+        return pick_units(task_model.hf, task_model.structure, peft_config, calibration)
 
     def _extra_parameters(self, task_model) -> list[nn.Parameter]:
         if self.config.params:
@@ -182,12 +182,12 @@ class S2FTMethod(FineTuneMethod):
         return list(task_model.head.parameters()) if task_model.head is not None else []
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
-        """PEFT adapter folder ``out_dir/adapter`` + other trained tensors (an encoder head) in ``extra.safetensors``."""
+        """PEFT adapter folder ``out_dir/adapter`` (with an encoder's head, trained or seeded, as ``modules_to_save``)
+        + other trained tensors (an encoder head) in ``extra.safetensors``."""
         from ..lora import save_peft_adapter
 
         out_dir = Path(out_dir)
-        trains_head = model.head is not None and any(p.requires_grad for p in model.head.parameters())
-        save_peft_adapter(model.peft_model, out_dir / "adapter", head=model.head if trains_head else None)
+        save_peft_adapter(model.peft_model, out_dir / "adapter", head=model.head)
         extra = {n: p for n, p in model.named_parameters() if p.requires_grad and ".s2ft_delta." not in n}
         if extra:
             save_safetensors(out_dir / "extra.safetensors", extra, {"method": self.name})
@@ -217,7 +217,7 @@ def choose_units(model: str, config: S2FTMethodConfig, *, template: str | None =
         from ...models.registry import load_model
 
         loaded = load_model(model, seed=config.seed, device=device, dtype=dtype)
-        return select(loaded.model, loaded.structure, peft_config), loaded.structure
+        return pick_units(loaded.model, loaded.structure, peft_config), loaded.structure
     from ...data import load_task
     from ...models.task_model import build_task_model
 

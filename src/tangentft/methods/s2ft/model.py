@@ -31,7 +31,7 @@ from ...models.structure import StructureMap, structure_map
 from . import permute
 from .config import S2FTConfig
 from .layer import S2FTLayer, SliceSpec
-from .selection import COLUMN_TYPES, num_units, select, structure_of, unit_width
+from .selection import COLUMN_TYPES, num_units, pick_units, structure_of, unit_width
 
 
 def target_paths(smap: StructureMap, roles) -> list[str]:
@@ -126,7 +126,7 @@ class S2FTModel(BaseTuner):
                 )
             selection = config.selection
             if selection is None:
-                selection = select(model, smap, config)
+                selection = pick_units(model, smap, config)
             check_selection(smap, selection)
             own = permute.permutations(model, smap, selection)
         finally:

@@ -106,7 +106,7 @@ def unit_counts(smap: StructureMap, config: S2FTConfig) -> dict[str, int]:
 Calibration = Sequence[Callable[[], torch.Tensor]]
 
 
-def select(hf: nn.Module, smap: StructureMap, config: S2FTConfig, calibration: Calibration | None = None) -> dict:
+def pick_units(hf: nn.Module, smap: StructureMap, config: S2FTConfig, calibration: Calibration | None = None) -> dict:
     """Rank units per layer with ``config.strategy`` and return the selection dict (see module docstring).
 
     ``calibration`` is a sequence of zero-argument callables, each running the model on one calibration batch

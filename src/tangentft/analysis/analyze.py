@@ -17,6 +17,9 @@ import numpy as np
 
 from ..data.metrics import task_metric
 from ..errors import TangentError
+from ..methods.lora import register_terms
+from ..models.selection import ParamSelection, select
+from ..models.spec import DEFAULT_LORA_RANK, LoraOptions, Spec
 from . import baselines, bounds, krr, lipschitz, lora_rank, perturbation, spectrum, stopping, uncertainty
 from .result import AnalysisReport, KernelAnalysis, Recommendation
 
@@ -72,11 +75,27 @@ def analyze_kernels(
         raise TangentError(f"analysis needs at least 2 training examples, got {n}")
     t0 = time.perf_counter()
     spec = spectrum.spectrum(k_base)
+    out = _spectrum_fields(spec, sigma) | {"n": n, "K": num_out, "kernel_shape": list(np.shape(k_base))}
+    cv = krr.cv_sigma(k_base, y, f0, folds=min(4, n), seed=seed)
+    out["krr"], fit = _ridge_fields(k_base, k_cross, y, f0, y_eval, f0_eval, cv, task_kind, seed)
+    out["baselines"] = {"zero_shot": out["krr"]["zero_shot_metric"],
+                        "majority": baselines.majority_metric(y, np.asarray(y_eval), task_kind)[1]}
+    rb = bounds.risk_bounds(spec, bounds.residual_targets(y, f0), cv.sigma)
+    out["risk_bounds"] = rb.to_json()
+    out["risk_bounds"]["brackets_krr"] = bool(rb.lower * (1 - 1e-9) <= fit.train_risk <= rb.upper * (1 + 1e-9))
+    out.update(_candidate_fields(k_base, candidates, n, sigma, seed))
+    # early stopping (early-stopping paper §3.5)
+    out["stopping"] = stopping.kernel_stopping_rule(k_base, y, f0, step_size=step_size, noise=noise, cv=cv, seed=seed)
+    # LoRA rank (LoRA-NTK paper): N examples, K outputs
+    out["lora_min_rank"] = lora_rank.min_rank(num_out, n)
+    out["timings"] = {"analysis_s": time.perf_counter() - t0}
+    return KernelAnalysis(**out)
+
+
+def _spectrum_fields(spec: spectrum.Spectrum, sigma: float) -> dict:
+    """Eigenvalues, κ(K+σI) at σ and over a σ grid, effective rank and the fitted decay β (or why it failed)."""
     grid = np.logspace(-6, 2, 9)
     out: dict = {
-        "n": n,
-        "K": num_out,
-        "kernel_shape": list(np.shape(k_base)),
         "eigenvalues": spec.eigenvalues.tolist(),
         "lambda_max": spec.lambda_max,
         "lambda_min": spec.lambda_min,
@@ -95,13 +114,15 @@ def analyze_kernels(
         out.update(decay_beta=dec.beta, decay_beta_stderr=dec.stderr, decay_window=list(dec.window), decay_r2=dec.r2)
     except TangentError as exc:
         out.update(decay_beta=None, decay_beta_stderr=None, decay_window=None, decay_r2=None, decay_note=exc.message)
+    return out
 
-    # kernel ridge prediction (eq. 14–17) with σ by cross-validation
-    cv = krr.cv_sigma(k_base, y, f0, folds=min(4, n), seed=seed)
+
+def _ridge_fields(k_base, k_cross, y, f0, y_eval, f0_eval, cv, task_kind: str, seed: int):
+    """(the report's ``krr`` fields, the fit): kernel ridge prediction (eq. 14–17) at the cross-validated σ, scored
+    with the task metric training and task vectors report (:mod:`tangentft.data.metrics`), so the numbers compare."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         fit = krr.krr_predict(k_base, y, f0, cv.sigma, k_cross, f0_eval)
-    rb = bounds.risk_bounds(spec, bounds.residual_targets(y, f0), cv.sigma)
     kr: dict = {
         "sigma": cv.sigma,
         "cv": cv.to_json(),
@@ -110,7 +131,6 @@ def analyze_kernels(
         "dof": fit.dof,
         "warnings": [str(w.message) for w in caught],
     }
-    # the task metric training and task vectors report (tangentft.data.metrics), so the numbers compare
     if task_kind == "classification":
         labels, train_labels = np.asarray(y_eval).argmax(axis=1), y.argmax(axis=1)
     else:
@@ -124,32 +144,23 @@ def analyze_kernels(
         kr.update(eval_mse=m["mse"], eval_spearman=m["spearman"], zero_shot_mse=z["mse"])
     kr["sigma_spread"] = uncertainty.sigma_spread(k_base, y, f0, seed=seed)
     kr["theory_label"] = "ridge limit of gradient descent on the squared loss (the theory's number, not a run's curve)"
-    out["krr"] = kr
-    out["baselines"] = {"zero_shot": kr["zero_shot_metric"],
-                        "majority": baselines.majority_metric(y, np.asarray(y_eval), task_kind)[1]}
-    out["risk_bounds"] = rb.to_json()
-    out["risk_bounds"]["brackets_krr"] = bool(rb.lower * (1 - 1e-9) <= fit.train_risk <= rb.upper * (1 + 1e-9))
+    return kr, fit
 
-    # Algorithm 2 over the candidate groups
-    if candidates:
-        sel = perturbation.select_groups(k_base, candidates, sigma)
-        rec = recommend_subset(sel)
-        out["candidates"] = [c.to_json() for c in sel.ranking]
-        out["candidate_singles"] = [c.to_json() for c in sel.singles]
-        out["candidate_best_by_size"] = {str(s): c.to_json() for s, c in sel.best_by_size.items()}
-        out["candidate_method"] = sel.method
-        out["candidate_recommendation"] = rec.to_json()
-        out["candidate_uncertainty"] = uncertainty.ranking_uncertainty(k_base, candidates, n, sigma, seed=seed)
-    else:
-        out["candidates"] = []
 
-    # early stopping (early-stopping paper §3.5)
-    out["stopping"] = stopping.kernel_stopping_rule(k_base, y, f0, step_size=step_size, noise=noise, cv=cv, seed=seed)
-
-    # LoRA rank (LoRA-NTK paper): N examples, K outputs
-    out["lora_min_rank"] = lora_rank.min_rank(num_out, n)
-    out["timings"] = {"analysis_s": time.perf_counter() - t0}
-    return KernelAnalysis(**out)
+def _candidate_fields(k_base, candidates: Mapping[str, np.ndarray], n: int, sigma: float, seed: int) -> dict:
+    """Algorithm 2 over the candidate groups: ranking, singles, best subset per size, the recommended subset and
+    the ranking's bootstrap uncertainty."""
+    if not candidates:
+        return {"candidates": []}
+    sel = perturbation.select_groups(k_base, candidates, sigma)
+    return {
+        "candidates": [c.to_json() for c in sel.ranking],
+        "candidate_singles": [c.to_json() for c in sel.singles],
+        "candidate_best_by_size": {str(s): c.to_json() for s, c in sel.best_by_size.items()},
+        "candidate_method": sel.method,
+        "candidate_recommendation": recommend_subset(sel).to_json(),
+        "candidate_uncertainty": uncertainty.ranking_uncertainty(k_base, candidates, n, sigma, seed=seed),
+    }
 
 
 def _sample(task, n: int, n_eval: int | None, seed: int):
@@ -181,29 +192,20 @@ def _sample(task, n: int, n_eval: int | None, seed: int):
     return x, x_eval, pool_name
 
 
-def _lora_term(params: str, term: str) -> str:
-    """``term`` as a candidate of ``params`` trains: a LoRA adapter of the same rank and alpha when the parameters
-    are LoRA factors (``lora(r=8):...``); head, embed and terms that name their kind already stay."""
-    import re
-
-    m = re.match(r"\s*(lora(\([^)]*\))?:)", params)
-    if not m or term.startswith("lora") or term in ("head", "embed"):
-        return term
-    return m.group(1) + term
+def lora_candidates(params: str | Spec, candidates: str | Spec | None) -> Spec | None:
+    """Candidates as they would be trained (:meth:`Spec.trained_like`): with LoRA parameters (``lora(r=8):...``)
+    each plain candidate term becomes a LoRA term of the same rank and alpha, so its kernel is the LoRA kernel of
+    that module."""
+    return None if candidates is None else Spec.parse(params).trained_like(Spec.parse(candidates))
 
 
-def lora_candidates(params: str, candidates: str | None) -> str | None:
-    """Candidates as they would be trained: with LoRA parameters (``lora(r=8):...``) each plain candidate term
-    becomes a LoRA term of the same rank and alpha, so its kernel is the LoRA kernel of that module."""
-    if candidates is None:
-        return None
-    return ";".join(_lora_term(params, t.strip()) for t in candidates.split(";") if t.strip())
-
-
-def recommended_params(params: str, groups: list[str]) -> str:
+def recommended_params(params: str | Spec, groups: list[str]) -> Spec:
     """The selection that trains ``params`` plus the candidate ``groups`` (labels such as ``L5.o``), each group a
-    term as it was analysed (:func:`group_term`, a LoRA adapter when ``params`` are LoRA factors)."""
-    return ";".join([params, *(_lora_term(params, group_term(g)) for g in groups)])
+    term as it was analysed (:meth:`Spec.of_group`, a LoRA adapter when ``params`` are LoRA factors)."""
+    params = Spec.parse(params)
+    for g in groups:
+        params = params + params.trained_like(Spec.of_group(g))
+    return params
 
 
 def _adapted_shapes(task_model, selection) -> dict[str, tuple[int, int]]:
@@ -220,23 +222,20 @@ def _adapted_shapes(task_model, selection) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-DEFAULT_LORA_RANK = 8
-
-
-def default_params(task_model) -> str:
+def default_params(task_model) -> Spec:
     """The selection analysed when none is given: LoRA r = 8 on q and v of the first, middle and last layers,
     plus the task head of encoders (new, so it trains too)."""
     last = task_model.structure.num_layers - 1
     layers = ",".join(str(i) for i in dict.fromkeys((0, last // 2 + last % 2, last)))
     head = ";head" if getattr(task_model, "head", None) is not None else ""
-    return f"lora(r={DEFAULT_LORA_RANK}):q,v@{layers}{head}"
+    return Spec.parse(f"{LoraOptions()}:q,v@{layers}{head}")
 
 
 def analyze(
     model: str,
     task: str,
-    params: str | None = None,
-    candidates: str | None = None,
+    params: str | Spec | None = None,
+    candidates: str | Spec | None = None,
     *,
     n: int = 32,
     n_eval: int | None = None,
@@ -261,84 +260,45 @@ def analyze(
     (as in :func:`tangentft.data.load_task`). ``params`` None analyses :func:`default_params` of the model.
     ``device``/``dtype`` place the model (:mod:`tangentft.device`); kernels stay float64.
     """
-    from .. import methods  # noqa: F401  (registers the selection term kinds the methods define, e.g. lora)
     from ..data import load_task
-    from ..models.selection import ParamSelection, select
     from ..models.task_model import build_task_model
+    from ..ntk import empirical_ntk_pair
 
     if isinstance(n, bool) or int(n) < 2:
         raise TangentError(f"n must be ≥ 2, got {n}")
     if not float(sigma) > 0:
         raise TangentError(f"sigma must be > 0, got {sigma}")
-    if candidates is not None and not candidates.strip():
+    if isinstance(candidates, str) and not candidates.strip():
         raise TangentError("candidates is empty: give a selection spec such as 'o@::5'")
+    params = Spec.parse(params) if params is not None else None
+    candidates = Spec.parse(candidates) if candidates is not None else None
     timings: dict[str, float] = {}
     t = time.perf_counter()
     data = load_task(task, template=template, label_words=label_words, **(task_options or {}))
     x, x_eval, eval_split = _sample(data, int(n), n_eval, seed)
     tm = build_task_model(model, data.spec, seed=seed, device=device, dtype=dtype)
     params_default = params is None
-    if params is None:
-        params = default_params(tm)
+    params = default_params(tm) if params is None else params
     candidates = lora_candidates(params, candidates)
-    # One injection for base and candidates: a LoRA candidate is an adapter of its own (its kernel is the LoRA
-    # kernel of that module, not the whole-module kernel), and PEFT adapters are injected once per model.
-    base = select(tm, params if candidates is None else f"{params};{candidates}", seed=seed)
-    base = select(tm, params, seed=seed) if candidates is not None else base
-    base_keys = {(b.name, b.out_idx, b.in_idx) for b in base.blocks}
-    combined = base.regroup(lambda b: BASE_GROUP)
-    cand_groups: list[str] = []
-    if candidates is not None:
-        cand = select(tm, candidates, seed=seed)
-        extra = [b for b in cand.blocks if (b.name, b.out_idx, b.in_idx) not in base_keys]
-        if not extra:
-            raise TangentError(f"candidates '{candidates}' adds no parameter beyond params '{params}'")
-        cand_sel = ParamSelection(extra, candidates)
-        cand_groups = list(cand_sel.groups)
-        combined = combined + cand_sel
+    base, combined, cand_groups = _selections(tm, params, candidates, seed)
     timings["load_s"] = time.perf_counter() - t
-
-    from ..ntk import empirical_ntk_pair
 
     t = time.perf_counter()
     kprog = (lambda d, tot: progress("eNTK", d, tot)) if progress else None
     k_train, k_cross = empirical_ntk_pair(tm, combined, x, x_eval, kind="full", progress=kprog)
     timings["kernel_s"] = time.perf_counter() - t
     k_base = k_train.blocks[BASE_GROUP]
-    kc_base = k_cross.blocks[BASE_GROUP]
-    cand_k = {g: k_train.blocks[g] for g in cand_groups}
 
     t = time.perf_counter()
-    if progress:
-        progress("f0(X)", 0, 2)
-    f0 = tm.predict(x).double().numpy()
-    if progress:
-        progress("f0(X)", 1, 2)
-    f0_eval = tm.predict(x_eval).double().numpy()
-    if progress:
-        progress("f0(X)", 2, 2)
-    y = tm.targets(x).double().numpy()
-    y_eval = tm.targets(x_eval).double().numpy()
+    f0, f0_eval, y, y_eval = _outputs(tm, x, x_eval, progress)
     timings["predict_s"] = time.perf_counter() - t
 
-    kernels = analyze_kernels(k_base, kc_base, cand_k, y, f0, y_eval, f0_eval, task_kind=data.spec.kind, sigma=sigma,
-                              step_size=step_size, noise=noise, seed=seed)
-
-    # linear-regime check: Lipschitz constants in the ball the kernel-ridge solution reaches
+    kernels = analyze_kernels(k_base, k_cross.blocks[BASE_GROUP], {g: k_train.blocks[g] for g in cand_groups}, y, f0,
+                              y_eval, f0_eval, task_kind=data.spec.kind, sigma=sigma, step_size=step_size,
+                              noise=noise, seed=seed)
     t = time.perf_counter()
-    radius = kernels.stopping["rkhs_norm"] or 1.0
-    lprog = (lambda d, tot: progress("Lipschitz", d, tot)) if progress else None
-    lip = lipschitz.estimate_lipschitz(tm, base, x[:lipschitz_examples], r_max=radius, num_radii=3, samples=2,
-                                       seed=seed, progress=lprog)
+    regime = _linear_regime(tm, base, x[:lipschitz_examples], kernels, y, f0, k_base.shape[0], seed, progress)
     timings["lipschitz_s"] = time.perf_counter() - t
-    rho = float(np.linalg.norm(y - f0))
-    lam_circ = lipschitz.lambda_circ(rho, lip.lip_f, radius)
-    lam_use = max(lam_circ, kernels.krr["sigma"])
-    t_hat = kernels.stopping["T_hat"]
-    lr_sum = kernels.stopping["step_size"] / k_base.shape[0]  # the mean-loss step as a sum-of-squares step
-    # plot until the distance bound has saturated (3 time constants), within 10⁶ steps
-    horizon = int(min(max(10 * t_hat, 100, 3.0 / (lam_use * lr_sum)), 1e6))
-    curves = lipschitz.bound_curves(rho, lip.lip_f, lip.lip_grad, lam_use, lr_sum, lipschitz.steps_grid(horizon))
 
     rep = AnalysisReport.from_kernels(
         kernels,
@@ -346,11 +306,11 @@ def analyze(
         task=task,
         task_name=data.spec.name,
         task_kind=data.spec.kind,
-        params=params,
+        params=str(params),
         params_default=params_default,
         template=template,
         label_words=label_words,
-        candidates_spec=candidates,
+        candidates_spec=None if candidates is None else str(candidates),
         candidate_groups=cand_groups,
         num_params=base.num_params(tm),
         num_params_candidates={g: ParamSelection(blocks, g).num_params(tm) for g, blocks in combined.groups.items()
@@ -361,9 +321,7 @@ def analyze(
         sample_ids=k_train.sample_ids,
         kernel_timings=k_train.timings,
         lora_ranks=[a.to_json() for a in lora_rank.advise_ranks(tm.num_outputs, len(x), _adapted_shapes(tm, base))],
-        lipschitz=lip.to_json() | {"radius": radius, "radius_definition": "‖θ_KRR − θ0‖ = sqrt(αᵀKα) at the CV σ"},
-        lambda_circ=lam_circ,
-        bound_curves=curves.to_json(),
+        **regime,
     )
     # linear probe on the frozen features the output reads: the same kernel ridge with the head's kernel
     t = time.perf_counter()
@@ -373,6 +331,59 @@ def analyze(
     rep.timings = rep.timings | timings
     rep.recommendation = recommendation(rep)
     return rep, k_base, k_train
+
+
+def _selections(tm, params: Spec, candidates: Spec | None, seed: int):
+    """(base selection, base ∪ candidates grouped as ``base`` + candidate groups, candidate group labels).
+
+    One injection for base and candidates: a LoRA candidate is an adapter of its own (its kernel is the LoRA
+    kernel of that module, not the whole-module kernel), and PEFT adapters are injected once per model."""
+    register_terms()  # lora(...) terms inject their adapter as the selection resolves
+    if candidates is None:
+        base = select(tm, params, seed=seed)
+        return base, base.regroup(lambda b: BASE_GROUP), []
+    select(tm, params + candidates, seed=seed)
+    base = select(tm, params, seed=seed)
+    base_keys = {(b.name, b.out_idx, b.in_idx) for b in base.blocks}
+    extra = [b for b in select(tm, candidates, seed=seed).blocks if (b.name, b.out_idx, b.in_idx) not in base_keys]
+    if not extra:
+        raise TangentError(f"candidates '{candidates}' adds no parameter beyond params '{params}'")
+    cand_sel = ParamSelection(extra, str(candidates))
+    return base, base.regroup(lambda b: BASE_GROUP) + cand_sel, list(cand_sel.groups)
+
+
+def _outputs(tm, x, x_eval, progress: Progress | None):
+    """(f0(X), f0(X_eval), Y, Y_eval) as float64 arrays: the pretrained outputs and the targets."""
+    if progress:
+        progress("f0(X)", 0, 2)
+    f0 = tm.predict(x).double().numpy()
+    if progress:
+        progress("f0(X)", 1, 2)
+    f0_eval = tm.predict(x_eval).double().numpy()
+    if progress:
+        progress("f0(X)", 2, 2)
+    return f0, f0_eval, tm.targets(x).double().numpy(), tm.targets(x_eval).double().numpy()
+
+
+def _linear_regime(tm, base, x_lip, kernels: KernelAnalysis, y, f0, n_rows: int, seed: int,
+                   progress: Progress | None) -> dict:
+    """The linear-regime check: Lipschitz constants (Algorithm 1) in the ball the kernel-ridge solution reaches,
+    λ∘ and the Theorems 2–4 bound curves; the report fields ``lipschitz``, ``lambda_circ``, ``bound_curves``."""
+    radius = kernels.stopping["rkhs_norm"] or 1.0
+    lprog = (lambda d, tot: progress("Lipschitz", d, tot)) if progress else None
+    lip = lipschitz.estimate_lipschitz(tm, base, x_lip, r_max=radius, num_radii=3, samples=2, seed=seed,
+                                       progress=lprog)
+    rho = float(np.linalg.norm(y - f0))
+    lam_circ = lipschitz.lambda_circ(rho, lip.lip_f, radius)
+    lam_use = max(lam_circ, kernels.krr["sigma"])
+    t_hat = kernels.stopping["T_hat"]
+    lr_sum = kernels.stopping["step_size"] / n_rows  # the mean-loss step as a sum-of-squares step
+    # plot until the distance bound has saturated (3 time constants), within 10⁶ steps
+    horizon = int(min(max(10 * t_hat, 100, 3.0 / (lam_use * lr_sum)), 1e6))
+    curves = lipschitz.bound_curves(rho, lip.lip_f, lip.lip_grad, lam_use, lr_sum, lipschitz.steps_grid(horizon))
+    return {"lipschitz": lip.to_json() | {"radius": radius,
+                                         "radius_definition": "‖θ_KRR − θ0‖ = sqrt(αᵀKα) at the CV σ"},
+            "lambda_circ": lam_circ, "bound_curves": curves.to_json()}
 
 
 def setup_warnings(task_model) -> list[str]:
@@ -416,23 +427,9 @@ def recommendation(rep: AnalysisReport) -> Recommendation:
         candidate_groups=(rep.candidate_recommendation or {}).get("groups", []),
     )
     if rep.params:
-        rec.params = recommended_params(rep.params, rec.candidate_groups)
+        rec.params = str(recommended_params(rep.params, rec.candidate_groups))
         theory_run_numbers(rep, rec)
     return rec
-
-
-def group_term(group: str) -> str:
-    """The selection term that trains one candidate group label: ``L5.o`` -> ``o@5``, ``L3.attn_norm`` ->
-    ``norm@3``, ``head``/``embed`` stay."""
-    import re
-
-    from ..models.structure import ALL_ROLES
-
-    m = re.fullmatch(r"L(\d+)\.(\w+)", group)
-    if m is None:
-        return group
-    layer, role = m.groups()
-    return f"{role}@{layer}" if role in ALL_ROLES else f"norm@{layer}"
 
 
 def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
@@ -441,8 +438,6 @@ def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
     whose step α = 2·lr (see :mod:`tangentft.analysis.kernel_rule`), T̂ steps, and the pull λ_train = 2λ/(n·K): the
     analysis's ½‖f − Y‖² + (λ/2)‖θ − θ0‖² divided by n·K/2 is the trainer's mean squared loss plus
     (λ_train/2)‖θ − θ0‖². It is the theory's number, not the recommended run (that one is AdamW, predicted)."""
-    from ..models.selection import parse_spec
-
     n_rows = rep.n * rep.K
     rec.theory_lam = 2.0 * rec.regularization / n_rows
     # α = 2·lr; the pull must not overshoot (lr·λ ≤ 1, PullToInit), so a strong pull takes smaller steps,
@@ -450,7 +445,7 @@ def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
     rec.theory_lr = min(rec.step_size / 2.0, 0.5 / rec.theory_lam) if rec.theory_lam > 0 else rec.step_size / 2.0
     stretch = rec.step_size / 2.0 / rec.theory_lr
     rec.theory_steps = max(1, math.ceil(rec.steps * stretch - 1e-9))
-    lora_ranks = [int(t.lora.get("r", DEFAULT_LORA_RANK)) for t in parse_spec(rep.params) if t.lora is not None]
+    lora_ranks = [t.lora.r for t in Spec.parse(rep.params).lora_terms]
     rec.theory_lora_rank = max(rec.lora_rank, *lora_ranks) if lora_ranks else None
     rec.theory_notes = [
         f"loss: the trainer's mean squared loss over the K = {rep.K} outputs, the loss the stopping rule and λ were "

@@ -1,0 +1,8 @@
+"""Models: which checkpoints there are and how a task reads them.
+
+:mod:`~tangentft.models.registry` (names → checkpoints, loading), :mod:`~tangentft.models.task_model` (a
+checkpoint as f(x) ∈ R^K for a task), :mod:`~tangentft.models.structure` (roles and layers of each
+architecture), :mod:`~tangentft.models.spec` (the selection spec as a parsed value) and
+:mod:`~tangentft.models.selection` (a spec resolved to parameter blocks), plus fingerprints and tiny seeded
+test models.
+"""
