@@ -278,13 +278,7 @@ def measure(name: str, args) -> dict:
         loss_fn().backward()
         opt.step()
 
-    times, walls = [], []
-    for k in range(args.warmup + args.steps):
-        t0, w0 = time.process_time(), time.perf_counter()
-        step()
-        if k >= args.warmup:
-            times.append(time.process_time() - t0)
-            walls.append(time.perf_counter() - w0)
+    times, walls = s2ft_train.time_steps(step, args.warmup, args.steps)
     peak = s2ft_train._rss_gb()
     saved, _ = s2ft_train._saved_activation_gb(loss_fn, tm)
     out = {"step_s": statistics.median(times), "step_wall_s": statistics.median(walls), "peak_gb": peak,

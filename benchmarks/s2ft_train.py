@@ -44,6 +44,18 @@ METHODS = ("floor", "full", "lora", "s2ft", "s2ft_nopb")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def time_steps(step, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+    """CPU and wall seconds of each of ``steps`` calls of ``step`` after ``warmup`` uncounted ones."""
+    times, walls = [], []
+    for k in range(warmup + steps):
+        t0, w0 = time.process_time(), time.perf_counter()
+        step()
+        if k >= warmup:
+            times.append(time.process_time() - t0)
+            walls.append(time.perf_counter() - w0)
+    return times, walls
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
 
@@ -203,13 +215,7 @@ def run_one(method: str, args) -> dict:
         if opt is not None:
             opt.step()
 
-    times, walls = [], []
-    for k in range(args.warmup + args.steps):
-        t0, w0 = time.process_time(), time.perf_counter()
-        step()
-        if k >= args.warmup:
-            times.append(time.process_time() - t0)
-            walls.append(time.perf_counter() - w0)
+    times, walls = time_steps(step, args.warmup, args.steps)
     peak = _rss_gb()
     saved, saved_by_op = _saved_activation_gb(
         lambda: torch.nn.functional.cross_entropy(tm(ids, mask), labels), tm)
