@@ -170,7 +170,7 @@ def test_cv_sigma_prefers_small_sigma_for_noiseless_and_large_for_noise():
 def test_metrics():
     import torch
 
-    from tangentft.data.metrics import task_metric
+    from tangentft.data.scoring import task_metric
 
     assert task_metric([[0.1, 0.9], [2, 1], [0, 0.5]], [1, 0, 0], "classification") == ("accuracy", pytest.approx(2 / 3))
     out = torch.tensor([[1.0], [2.0], [3.0], [4.0]])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..data.metrics import task_metric
+from ..data.scoring import task_metric
 from ..errors import TangentError
 from ..methods.lora import register_terms
 from ..models.selection import ParamSelection, select
@@ -119,7 +119,7 @@ def _spectrum_fields(spec: spectrum.Spectrum, sigma: float) -> dict:
 
 def _ridge_fields(k_base, k_cross, y, f0, y_eval, f0_eval, cv, task_kind: str, seed: int):
     """(the report's ``krr`` fields, the fit): kernel ridge prediction (eq. 14–17) at the cross-validated σ, scored
-    with the task metric training and task vectors report (:mod:`tangentft.data.metrics`), so the numbers compare."""
+    with the task metric training and task vectors report (:mod:`tangentft.data.scoring`), so the numbers compare."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         fit = krr.krr_predict(k_base, y, f0, cv.sigma, k_cross, f0_eval)

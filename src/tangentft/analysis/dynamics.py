@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..data.metrics import task_metric
+from ..data.scoring import task_metric
 from ..errors import TangentError
 from ..ntk.sketch import LowRank
 
@@ -89,7 +89,7 @@ def loss_and_grad(f: np.ndarray, y: np.ndarray, labels: np.ndarray | None, loss:
 
 
 def metric(f: np.ndarray, y: np.ndarray, labels: np.ndarray | None, kind: str) -> tuple[str, float]:
-    """(name, value) of the task metric (:func:`tangentft.data.metrics.task_metric`, as the trainer reports it)
+    """(name, value) of the task metric (:func:`tangentft.data.scoring.task_metric`, as the trainer reports it)
     of outputs ``f`` against class ``labels`` (classification) or the scores ``y[:, 0]`` (regression)."""
     return task_metric(f, np.asarray(y)[:, 0] if kind == "regression" else labels, kind)
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import linalg, stats
 
-from ..data.metrics import pearson
+from ..data.scoring import pearson
 from ..errors import TangentError
 from ._linalg import as_kernel, check_sigma
 
@@ -164,7 +164,7 @@ def cv_sigma(k, y, f0, grid=None, *, folds: int = 4, seed: int = 0) -> SigmaCV:
 
 
 def regression_metrics(pred, target) -> dict[str, float]:
-    """MSE, Pearson r (the task metric, :func:`tangentft.data.metrics.pearson`) and Spearman ρ of scalar
+    """MSE, Pearson r (the task metric, :func:`tangentft.data.scoring.pearson`) and Spearman ρ of scalar
     predictions; the correlations are NaN where the task metric is."""
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     t = np.asarray(target, dtype=np.float64).reshape(-1)

@@ -3,7 +3,7 @@
 rule's step, and a thin wrapper that lets a ``transformers.Trainer`` train a tangentft task model.
 
 These are the pieces ``tangentft train`` uses (``train.regularization.PullToInit``,
-``train.metrics.LinearizationProbe``, ``analysis.kernel_rule``), packaged for someone else's training loop.
+``train.measures.LinearizationProbe``, ``analysis.kernel_rule``), packaged for someone else's training loop.
 For someone else's Optuna search, :mod:`tangentft.integrations.optuna` holds the pruner ``tangentft sweep`` uses
 (``ForecastPruner``: prune a trial when its forecast cannot beat the best finished one); it is imported from
 there, so a plain ``import tangentft.integrations`` does not load Optuna.

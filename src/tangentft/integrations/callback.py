@@ -6,7 +6,7 @@ values reach ``state.log_history``, TensorBoard, W&B … the usual way):
 * ``theta_dist`` = ‖θt − θ0‖₂ over the trainable tensors (float64);
 * on a fixed probe batch X, the linearization paper's Table 1 columns — ``lin_gap`` = ‖f_θt(X) − f̄_θt(X)‖₂
   with f̄_θt = f_θ0 + J_θ0(θt − θ0) (exact, by ``torch.func.jvp``), ``lin_kl`` = mean KL(softmax f ‖ softmax f̄)
-  and ``output_shift`` = ‖f_θt(X) − f_θ0(X)‖₂ — computed by :class:`tangentft.train.metrics.LinearizationProbe`,
+  and ``output_shift`` = ‖f_θt(X) − f_θ0(X)‖₂ — computed by :class:`tangentft.train.measures.LinearizationProbe`,
   the code behind ``tangentft train``'s metrics.jsonl;
 * with ``pull_lam > 0``, the fraction of steps the (selective) pull toward θ0 was applied.
 
@@ -24,7 +24,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..errors import TangentError
-from ..train.metrics import LinearizationProbe, theta_dist
+from ..train.measures import LinearizationProbe, theta_dist
 from .pull import SelectivePull
 
 OutputsFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]

@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from starlette.routing import Match
 
 from . import native_routes, openai_routes
+from .counters import Metrics
 from .engine import Engine
 from .http_errors import APIError, add_error_handlers
-from .metrics import Metrics
 from .scheduler import Scheduler
 
 OPEN_PATHS = {"/health"}  # answered without the API key

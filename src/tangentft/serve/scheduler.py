@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .decoding import next_token
 from .engine import Engine
 from .kvcache import join, select_rows
-from .sampling import next_token
 
 
 class QueueFull(Exception):

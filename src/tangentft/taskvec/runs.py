@@ -145,7 +145,7 @@ def task_model_for(run: Run, base: LoadedModel) -> TaskModel:
 
 def evaluate(tm: TaskModel, examples: list[Example], batch_size: int = 32) -> tuple[str, float]:
     """(metric name, value) of the task model on examples: accuracy, or Pearson r for regression."""
-    from ..data.metrics import task_metric
+    from ..data.scoring import task_metric
 
     outputs = tm.predict(examples, batch_size=batch_size)
     return task_metric(outputs, [e.label for e in examples], tm.spec.kind)

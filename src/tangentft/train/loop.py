@@ -37,15 +37,15 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .. import distributed
-from ..data.metrics import task_metric
 from ..data.sampling import epoch_order, run_examples, train_val_split
+from ..data.scoring import task_metric
 from ..errors import TangentError
 from ..io import append_jsonl, atomic_write, write_json
 from ..methods.base import FineTuneMethod
 from ..schemas import MetricsRow, read_jsonl
 from .checkpoint import TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .metrics import LinearizationProbe, peak_rss_gb, theta_dist
+from .measures import LinearizationProbe, peak_rss_gb, theta_dist
 from .regularization import PullToInit, build_optimizer
 from .schedule import warmup_linear, warmup_linear_factor
 

@@ -29,7 +29,7 @@ from .checkpoint import CHECKPOINT, checkpoint_step
 from .config import CONFIG, TrainConfig, load_config, load_run_config
 from .loop import Trainer, split_data
 from .plots import plot_run, read_metrics
-from .report import write_summary
+from .summary import write_summary
 
 # Fields a resumed run may change: more steps or epochs continue the same run further (from the resumed step on it
 # follows the schedule of a run planned for the new total: the linear decay reaches 0 at the new last step, so
