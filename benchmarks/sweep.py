@@ -60,7 +60,7 @@ def load_grid(folder: Path) -> dict[tuple[str, str], list[dict]]:
         curve = [(s, m) for s, m in zip(real["steps"], real["eval_metric"], strict=True) if s > 0 and m is not None]
         grids[(d["model"], d["task"])].append({
             "name": d["config"], "curve": curve, "best": max(real["eval_metric"]), "steps": real["steps"][-1],
-            "prediction": compact_prediction(d["prediction"]), "predict_s": d.get("predict_s"),
+            "prediction": compact_prediction({**d["prediction"], "n_eval": d.get("n_eval")}), "predict_s": d.get("predict_s"),
             "train_s": d.get("train_s")})
     return dict(grids)
 

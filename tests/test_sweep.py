@@ -56,17 +56,21 @@ def _space(tmp_path: Path, steps: int = 4, extra: str = "") -> Path:
 PRED = {"steps": [0, 2, 4, 6], "eval_metric": [0.5, 0.6, 0.65, 0.7], "best_metric": 0.7, "metric_interval": [0.6, 0.75]}
 
 
-def test_forecast_bound_moves_the_last_real_value_along_the_predicted_gain():
-    # at step 2 the run reads 0.55; the prediction still gains 0.1 after step 2, and its interval adds 0.05 on top
-    assert forecast_bound(PRED, {2: 0.55}) == pytest.approx(0.55 + 0.1 + 0.05)
-    # between predicted steps the curve is interpolated (0.625 at step 3: 0.075 left to gain)
-    assert forecast_bound(PRED, {3: 0.5}) == pytest.approx(0.5 + 0.075 + 0.05)
+def test_forecast_bound_is_the_in_run_forecasts_upper_end_for_the_best_value():
+    from scipy.stats import norm
+
+    half = norm.ppf(0.9) * (0.75 - 0.6) / (2 * norm.ppf(0.975))  # the 80% half-width from the 95% interval's spread
+    # at step 2 the run reads 0.55, 0.05 under the prediction: the rest of the predicted curve is carried 0.05 lower
+    assert forecast_bound(PRED, {2: 0.55}) == pytest.approx(0.70 - 0.05 + half)
     # a better value already seen is never forecast away; past the last predicted step nothing is left to gain
-    assert forecast_bound(PRED, {2: 0.9, 4: 0.1}) == pytest.approx(0.9)
+    assert forecast_bound(PRED, {2: 0.9, 4: 0.1}) >= 0.9
     assert forecast_bound(PRED, {6: 0.4}) == pytest.approx(0.4)
-    # minimizing: the mirror image
-    assert forecast_bound({**PRED, "eval_metric": [1.0, 0.8, 0.7, 0.6], "best_metric": 0.6,
-                           "metric_interval": [0.5, 0.7]}, {2: 0.9}, maximize=False) == pytest.approx(0.9 - 0.2 - 0.1)
+    # a wider level bounds higher
+    assert forecast_bound(PRED, {2: 0.55}, level=0.95) > forecast_bound(PRED, {2: 0.55})
+    # minimizing: the mirror image (a loss predicted to fall to 0.6 reads 0.1 above its prediction at step 2)
+    loss = {**PRED, "eval_metric": [1.0, 0.8, 0.7, 0.6], "best_metric": 0.6, "metric_interval": [0.45, 0.6],
+            "metric_name": "loss"}
+    assert forecast_bound(loss, {2: 0.9}, maximize=False) == pytest.approx(0.6 + 0.1 - half)
 
 
 def test_forecast_pruner_prunes_a_plain_optuna_objective_only_when_the_forecast_cannot_win():

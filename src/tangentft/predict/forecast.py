@@ -47,7 +47,8 @@ def _observed(rows: Sequence[dict]) -> list[tuple[int, float]]:
 
 
 def _bounds(metric_name: str) -> tuple[float, float]:
-    return (0.0, 1.0) if metric_name == "accuracy" else (-1.0, 1.0)
+    """The range a metric can take (accuracy [0, 1], Pearson r [-1, 1]; any other metric is unbounded)."""
+    return {"accuracy": (0.0, 1.0), "pearson": (-1.0, 1.0)}.get(metric_name, (-math.inf, math.inf))
 
 
 def forecast(rows: Sequence[dict], prediction: dict, *, n_eval: int | None = None, level: float = LEVEL) -> dict:

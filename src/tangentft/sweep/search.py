@@ -142,10 +142,12 @@ def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         system_attrs={**trial.system_attrs, "failed_trial": trial.number, "retry_history": history}))
 
 
-def reclaim_dead(study: optuna.Study) -> list[int]:
-    """Fail and re-enqueue the RUNNING trials whose worker ran on this host and is gone (module docstring);
-    returns their numbers. Two workers racing for one trial: the one whose state change loses skips it."""
+def reclaim_dead(study: optuna.Study, storage: RDBStorage) -> list[int]:
+    """Fail and re-enqueue the RUNNING trials of ``study`` (in ``storage``) whose worker ran on this host and is
+    gone (module docstring); returns their numbers. Two workers racing for one trial: the one whose state change
+    loses skips it."""
     here = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
     reclaimed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker")
@@ -154,12 +156,13 @@ def reclaim_dead(study: optuna.Study) -> list[int]:
         start = _process_start(int(w["pid"]))
         if start is not None and (start == "?" or start == w.get("start")):
             continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:
-            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 continue
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue
-        retry(study, study._storage.get_trial(t._trial_id))
+        retry(study, storage.get_trial(trial_id))
         reclaimed.append(t.number)
     return reclaimed
 
@@ -253,7 +256,7 @@ class Objective:
         if key not in self._kernels:
             self._kernels[key] = cached_kernels(cfg, self.space.predict_n, self.cache)[0]
         full = predict_with(self._kernels[key], cfg, draws=self.space.draws)
-        pred, name = compact_prediction(full), full["metric_name"]
+        pred, name = compact_prediction({**full, "n_eval": cfg.n_eval}), full["metric_name"]
         trial.set_user_attr(PREDICTION_ATTR, pred)
         if (run / "summary.json").is_file():  # trained by an earlier sweep into this folder: read it
             curve = real_curve(run)
@@ -312,8 +315,8 @@ def run_sweep(space: Space, model: str, task: str, out: Path, budget: Budget, *,
     ensure_dir(out)
     cache = Path(cache) if cache is not None else default_cache()
     # the study first: a wrong storage or a study of another model, task or space is refused before any kernel
-    study = open_study(open_storage(storage or default_storage(out)), study_name, study_identity(model, task, space),
-                       seed=seed)
+    rdb = open_storage(storage or default_storage(out))
+    study = open_study(rdb, study_name, study_identity(model, task, space), seed=seed)
     screen = prescreen(space, model, task, cache=cache,
                        progress=(lambda s, d, t: progress(s, d, t, None)) if progress else None)
     limit = budget.seconds if budget.seconds is not None else budget.runs * screen["grid_compute"] / len(screen["rows"])
@@ -321,7 +324,7 @@ def run_sweep(space: Space, model: str, task: str, out: Path, budget: Budget, *,
                           on_step=(lambda d, t, what: progress("trial", d, t, what)) if progress else None)
     idle = 0
     while idle < MAX_IDLE:
-        reclaim_dead(study)
+        reclaim_dead(study, rdb)
         used = spent(study, budget)
         if progress:
             progress("budget", min(used, limit), limit, None)
