@@ -148,16 +148,17 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
                       n_train=sizes["n_train"], n_eval=sizes["n_eval"], max_steps=sizes["steps"],
                       batch_size=sizes["batch_size"], eval_every=sizes["eval_every"], probe_size=16, seed=sizes["seed"])
     run_dir = args.runs / key(model, task, name)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run of this harness: start it again
-    t0 = time.perf_counter()
-    summary = train_with_prediction(cfg, run_dir, n=sizes["kernel_n"], **refresh_kwargs(cfg, args))
-    wall = time.perf_counter() - t0
+    # An interrupted row continues from its last checkpoint with the prediction it made (a killed harness loses no
+    # finished step); a folder killed before its first checkpoint starts again.
+    resume = (run_dir / "checkpoint.safetensors").is_file() and (run_dir / "prediction.json").is_file()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    summary = train_with_prediction(cfg, run_dir, resume=resume, n=sizes["kernel_n"], **refresh_kwargs(cfg, args))
     pred = json.loads((run_dir / "prediction.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     predict_s = pred["timings"]["total_s"]
     refresh_s = sum(r["kernel_s"] for r in pred.get("refreshes", []))
-    train_s = wall - predict_s - refresh_s
+    train_s = rows[-1]["wall_s"] - refresh_s  # the run's clock carries over a resume and holds its refreshes
     return {
         "model": model, "task": task, "config": name, "method": method, "params": params,
         "method_options": method_options(conf), "lr": lr, "optimizer": optimizer, **sizes,

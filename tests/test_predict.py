@@ -99,7 +99,10 @@ def test_cli_train_predict_and_analyze_against(tmp_path, data_dir):
     assert r["eval_loss"][0] == pytest.approx(rows[2]["eval_loss"], rel=1e-4)
     assert pred["kernel"] == "signgd" and pred["n"] == 12
     lo, hi = pred["metric_interval"]
-    assert lo <= hi and pred["best_step"] in pred["steps"]
+    assert lo <= pred["best_metric"] <= hi and pred["best_step"] in pred["steps"]
+    for r in pred["refreshes"]:
+        assert r["metric_interval"][0] <= r["best_metric"] <= r["metric_interval"][1]
+        assert r["final_interval"][0] <= r["final_metric"] <= r["final_interval"][1]
     assert pred["eval_metric"][0] == pytest.approx(rows[0]["eval_metric"])  # same eval examples, same f0
     assert pred["eval_loss"][0] == pytest.approx(rows[0]["eval_loss"], rel=1e-4)
     assert (run / "figures" / "prediction.png").is_file()
@@ -362,3 +365,19 @@ def test_the_prediction_sees_the_task_the_run_trains(tmp_path, data_dir):
         enc = trainer.task_model.encode(data.eval)
         run_outputs = trainer.model(enc["input_ids"], enc["attention_mask"]).double().numpy()
     assert np.allclose(rk.f0_eval, run_outputs, rtol=0, atol=1e-6)
+
+
+def test_the_bootstrap_interval_is_centered_on_the_prediction():
+    """Resamples with replacement learn less than the full sample, so their percentile interval can lie below the
+    prediction it qualifies (a realistic MiniLM row: best 0.760, plain interval [0.703, 0.755]); the interval moved
+    by the bootstrap's bias holds it, keeps its width and stays within the metric's range."""
+    import numpy as np
+
+    from tangentft.predict.curve import centered_interval
+
+    draws = np.linspace(0.70, 0.755, 101)  # median 0.7275, all below the full-sample prediction 0.76
+    plain = np.nanpercentile(draws, [2.5, 97.5])
+    assert not plain[0] <= 0.76 <= plain[1]
+    lo, hi = centered_interval(draws, 0.76, "accuracy")
+    assert lo <= 0.76 <= hi and hi - lo == pytest.approx(plain[1] - plain[0])
+    assert centered_interval(np.linspace(0.9, 1.0, 11), 0.99, "accuracy")[1] == 1.0  # accuracy ends at 1

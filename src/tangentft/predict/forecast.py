@@ -46,7 +46,7 @@ def _observed(rows: Sequence[dict]) -> list[tuple[int, float]]:
     return sorted(obs)
 
 
-def _bounds(metric_name: str) -> tuple[float, float]:
+def metric_range(metric_name: str) -> tuple[float, float]:
     """The range a metric can take (accuracy [0, 1], Pearson r [-1, 1]; any other metric is unbounded)."""
     return {"accuracy": (0.0, 1.0), "pearson": (-1.0, 1.0)}.get(metric_name, (-math.inf, math.inf))
 
@@ -65,7 +65,7 @@ def forecast(rows: Sequence[dict], prediction: dict, *, n_eval: int | None = Non
         raise TangentError("forecast needs a predicted curve (prediction 'steps' is empty)")
     pred = dict(zip(steps, values, strict=True))
     name = prediction.get("metric_name", "accuracy")
-    lo_b, hi_b = _bounds(name)
+    lo_b, hi_b = metric_range(name)
     residuals = [m - pred[s] for s, m in obs if s in pred]
     offset = float(np.mean(residuals[-ANCHOR_EVALS:])) if residuals else 0.0
     future = [(s, pred[s] + offset) for s in steps if s > t]
@@ -119,7 +119,7 @@ def extrapolate(rows: Sequence[dict], eval_steps: Sequence[int], family: str, *,
     s = np.array([o[0] for o in obs], dtype=np.float64)
     v = np.array([o[1] for o in obs], dtype=np.float64)
     future = np.array([x for x in eval_steps if x > t], dtype=np.float64)
-    lo_b, hi_b = _bounds(metric_name)
+    lo_b, hi_b = metric_range(metric_name)
     fitted, pred = False, np.full(len(future), v[-1])
     if len(obs) >= 3 and len(future):
         f = _family(family, max(t, 1.0))

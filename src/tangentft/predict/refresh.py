@@ -15,12 +15,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..analysis.dynamics import loss_and_grad, metric, simulate
 from ..errors import TangentError
 from ..train.config import TrainConfig
-from .curve import RunKernels, bootstrap, remaining_plan, run_kernels, step_plan
+from .curve import RunKernels, bootstrap, centered_interval, remaining_plan, run_kernels, step_plan
 
 
 def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
@@ -51,11 +49,12 @@ def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 1
     curve = simulate(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
     boot = bootstrap(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, rk.kind, loss, draws,
                      cfg.seed, rk.j_theta0, plan=plan)
-    (b_lo, f_lo), (b_hi, f_hi) = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+    best_interval = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
+    final_interval = centered_interval(boot[:, 1], curve.eval_metric[-1], curve.metric_name)
     return {"step": step, "steps": [step + s for s in curve.steps], "eval_loss": curve.eval_loss,
             "eval_metric": curve.eval_metric, "metric_name": curve.metric_name, "best_metric": curve.best_metric,
             "best_step": step + curve.best_step, "final_metric": curve.eval_metric[-1],
-            "metric_interval": [float(b_lo), float(b_hi)], "final_interval": [float(f_lo), float(f_hi)], "n": n}
+            "metric_interval": best_interval, "final_interval": final_interval, "n": n}
 
 
 def refresh(cfg: TrainConfig, run_dir: Path, *, n: int | None = None, draws: int = 100) -> dict:
