@@ -69,10 +69,13 @@ def limit_pass(tm, sel, x, *, max_memory: str) -> float:
     return time.perf_counter() - t0
 
 
-def naive_kernel(tm, sel, x) -> np.ndarray:
-    """J row by row from the plain full-logits wrapper, then J Jᵀ in float64."""
+def per_example_jacobian(tm, sel, x, *, full_logits: bool = False) -> torch.Tensor:
+    """J (n·K × P, float64): one backward per example and output through the selection's parameters, each block's
+    entries picked from its tensor's gradient. ``full_logits``: a causal model's outputs read from the full-vocab
+    logits, as a first wrapper computes them (the label-word head is sliced after the LM head)."""
     named = dict(tm.named_parameters())
-    params = [named[b.name] for b in sel.blocks]
+    params = list(dict.fromkeys(named[b.name] for b in sel.blocks))
+    pos = {id(p): j for j, p in enumerate(params)}
     flags = [(p, p.requires_grad) for p in tm.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -80,21 +83,23 @@ def naive_kernel(tm, sel, x) -> np.ndarray:
         p.requires_grad_(True)
     tm.eval()
     rows = []
-    for ex in x:
-        enc = tm.encode([ex])
-        if tm.kind == "causal":
-            logits = tm.hf(**enc).logits  # (1, T, vocab): what a first wrapper computes
-            out = logits[0, -1, tm.label_token_ids]
-        else:
-            out = tm(**enc)[0]
-        for k in range(out.shape[0]):
-            grads = torch.autograd.grad(out[k], params, retain_graph=k < out.shape[0] - 1)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]).double())
-    J = torch.stack(rows)
-    kernel = (J @ J.T).numpy()
-    for p, flag in flags:
-        p.requires_grad_(flag)
-    return kernel
+    try:
+        for ex in x:
+            enc = tm.encode([ex])
+            out = tm.hf(**enc).logits[0, -1, tm.label_token_ids] if full_logits else tm(**enc)[0]
+            for k in range(out.shape[0]):
+                grads = torch.autograd.grad(out[k], params, retain_graph=k < out.shape[0] - 1)
+                rows.append(torch.cat([b.index(grads[pos[id(named[b.name])]]).reshape(-1) for b in sel.blocks]))
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return torch.stack(rows).double().detach()
+
+
+def naive_kernel(tm, sel, x) -> np.ndarray:
+    """J row by row from the plain full-logits wrapper, then J Jᵀ in float64."""
+    J = per_example_jacobian(tm, sel, x, full_logits=tm.kind == "causal")
+    return (J @ J.T).numpy()
 
 
 def timed(fn):

@@ -186,24 +186,11 @@ def ntk_vector_products(tm, sel, x):
 
 
 def signgd_per_example(tm, sel, x):
-    import torch
+    """LM-Kernel-FT's route: per-example gradients, their signs, one matmul (float64)."""
+    from entk import per_example_jacobian
 
-    named = dict(tm.named_parameters())
-    params = list(dict.fromkeys(named[b.name] for b in sel.blocks))
-    pos = {id(p): j for j, p in enumerate(params)}
-    for p in tm.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    tm.eval()
-    rows = []
-    for ex in x:
-        out = tm(**tm.encode([ex]))[0]
-        for k in range(out.shape[0]):
-            grads = torch.autograd.grad(out[k], params, retain_graph=k < out.shape[0] - 1)
-            rows.append(torch.cat([b.index(grads[pos[id(named[b.name])]]).reshape(-1) for b in sel.blocks]))
-    J = torch.stack(rows).double()
-    return (J @ torch.sign(J).T).detach().numpy()
+    J = per_example_jacobian(tm, sel, x)
+    return (J @ J.sign().T).numpy()
 
 
 class PeakRSS:

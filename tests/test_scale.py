@@ -192,6 +192,7 @@ def _run(mode: str, out: Path, world: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("data_dir")  # the ranks train on the shared sst2 folder: skip where it is missing
 def test_two_ranks_batch_b_match_one_rank_batch_2b_and_resume_exactly(tmp_path):
     """2 ranks × batch 2 == 1 rank × batch 4 (same order, same global batch); a 2-rank run killed after step 3
     and resumed from its step-2 checkpoint ends with the weights of the uninterrupted 2-rank run."""
