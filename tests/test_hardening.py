@@ -230,6 +230,54 @@ def test_overwrite_replaces_the_whole_folder(runs, tmp_path):
     assert json.loads((run / "config.json").read_text())["train"]["method"] == "lora"
 
 
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_overwrite_puts_the_old_run_back(runs, tmp_path):
+    """--overwrite sets the old run aside and deletes it only when the new run ends (or leaves a checkpoint): a
+    replacement stopped before that — here refused mid-run — leaves the old run byte for byte, and nothing beside."""
+    from tangentft.errors import TangentError
+    from tangentft.train.run import resume_config, run_training
+
+    run = copy_run(runs, "full", tmp_path)
+    before = _tree(run)
+    cfg = resume_config(run)
+
+    def stop(step, total, info):
+        raise TangentError("stopped at step 1")
+
+    with pytest.raises(TangentError, match="stopped at step 1"):
+        run_training(cfg, run, overwrite=True, callback=stop)
+    assert _tree(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    done = run_training(cfg, run, overwrite=True)  # and a replacement that ends leaves only the new run
+    assert done["steps"] == cfg.max_steps and sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+def test_finish_writes_while_the_run_still_holds_its_folder(runs, tmp_path):
+    """A caller's last writes (``train --predict``'s comparison) happen under the run's lock: a second writer then
+    is refused, naming this process."""
+    import os
+
+    from tangentft.errors import TangentError
+    from tangentft.io import folder_lock
+    from tangentft.train.run import resume_config, run_training
+
+    run = copy_run(runs, "full", tmp_path)
+    seen = []
+
+    def finish(summary):
+        with pytest.raises(TangentError, match=str(os.getpid())):
+            with folder_lock(run):
+                pass
+        seen.append(summary["steps"])
+        return {**summary, "finished": True}
+
+    out = run_training(resume_config(run), run, overwrite=True, finish=finish)
+    assert seen == [out["steps"]] and out["finished"]
+
+
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(runs, tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
     refused(cli(*train_args(runs["task"], tmp_path, "--overwrite")), "holds files that are not a tangentft run")

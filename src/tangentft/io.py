@@ -199,6 +199,26 @@ def clear_dir(path: str | os.PathLike, keep: tuple[str, ...] = (LOCK,)) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def set_aside(path: str | os.PathLike, keep: tuple[str, ...] = (LOCK,)) -> Path:
+    """Move everything in folder ``path`` but ``keep`` into a new hidden sibling and return it: the folder's old
+    contents survive until the caller deletes them (:func:`remove_dir`) or puts them back (:func:`put_back`).
+    Renames only, so it needs no free space."""
+    path = Path(path)
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.replaced.", dir=path.parent))
+    for entry in path.iterdir():
+        if entry.name not in keep:
+            os.replace(entry, aside / entry.name)
+    return aside
+
+
+def put_back(aside: str | os.PathLike, path: str | os.PathLike, keep: tuple[str, ...] = (LOCK,)) -> None:
+    """Undo :func:`set_aside`: clear folder ``path`` (but ``keep``) and move the set-aside entries back into it."""
+    clear_dir(path, keep)
+    for entry in Path(aside).iterdir():
+        os.replace(entry, Path(path) / entry.name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def check_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """The header of a complete safetensors file (name -> dtype/shape/offsets, plus ``__metadata__``).
 

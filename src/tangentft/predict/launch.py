@@ -72,11 +72,12 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
         if callback:
             callback(step, total, info)
 
-    summary = run_training(cfg, out, resume=resume, overwrite=overwrite, callback=on_step)
-    if main:
+    def compare(summary: dict) -> dict:
         keep_prediction()
         cmp, md = check_run(prediction, out, out / "figures")
         summary["prediction"] = cmp
         write_json(out / "summary.json", summary)
         atomic_write(out / "summary.md", (out / "summary.md").read_text() + "\n" + md)
-    return summary
+        return summary
+
+    return run_training(cfg, out, resume=resume, overwrite=overwrite, callback=on_step, finish=compare)

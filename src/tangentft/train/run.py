@@ -21,7 +21,7 @@ from .. import distributed
 from ..adapters.card import write_card
 from ..data import data_fingerprint
 from ..errors import TangentError
-from ..io import LOCK, check_out_dir, clear_dir, ensure_dir, folder_lock, remove_dir, write_json
+from ..io import LOCK, check_out_dir, ensure_dir, folder_lock, put_back, remove_dir, set_aside, write_json
 from ..methods.base import get_method
 from ..models.fingerprint import base_weights_fingerprint
 from ..schemas import MetricsRow, RunConfig, read_json, read_jsonl
@@ -120,25 +120,32 @@ def _held(out: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _run_folder(out: Path, *, fresh: bool, overwrite: bool) -> Iterator[None]:
-    """Empty the folder of a fresh run (the old run is replaced as a whole with ``overwrite``, only once the new
-    one's input has loaded) and remove it again when the run stops on an error; a resumed run's folder is left as
-    its checkpoint has it."""
+    """Empty the folder of a fresh run and remove what it wrote when it stops before it can be resumed (refused,
+    or stopped before its first checkpoint); a resumed run's folder is left as its checkpoint has it.
+
+    With ``overwrite`` the old run is set aside (:func:`tangentft.io.set_aside`), not deleted: it is put back when
+    the new run stops before it can be resumed, and deleted once the new run ends or leaves a checkpoint behind.
+    A replacement that fails never costs the run it was to replace (a process killed outright leaves the old run
+    in the hidden ``.NAME.replaced.*`` folder beside it)."""
     if not fresh:
         yield
         return
-    if overwrite:
-        clear_dir(out)
+    aside = set_aside(out) if overwrite else None
     try:
         yield
-    except TangentError:
-        remove_dir(out)
-        raise
-    except Exception:
+    except BaseException as exc:
         # A crash before the first checkpoint leaves nothing to resume; a config.json alone would only make the
         # next attempt refuse the folder as holding a run.
-        if not (out / CHECKPOINT).is_file():
-            remove_dir(out)
+        if isinstance(exc, TangentError) or not (out / CHECKPOINT).is_file():
+            if aside is not None:
+                put_back(aside, out)
+            else:
+                remove_dir(out)
+        elif aside is not None:
+            remove_dir(aside)
         raise
+    if aside is not None:
+        remove_dir(aside)
 
 
 def _made(cfg: TrainConfig, summary: dict) -> list[str]:
@@ -156,12 +163,15 @@ def _made(cfg: TrainConfig, summary: dict) -> list[str]:
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
-                 callback: Callable[[int, int, dict], None] | None = None) -> dict:
+                 callback: Callable[[int, int, dict], None] | None = None,
+                 finish: Callable[[dict], dict] | None = None) -> dict:
     """Run (or, with ``resume``, continue) one training run and write its artifacts; returns summary.json's dict.
 
     ``overwrite`` replaces a finished or killed run already in ``out_dir``; without it such a folder is
     refused. ``resume`` expects ``cfg`` from :func:`resume_config`. ``callback(step, total, info)`` is called after
-    every optimizer step. (A run with its predicted curve: :func:`tangentft.predict.launch.train_with_prediction`.)
+    every optimizer step. ``finish(summary)`` runs on rank 0 after the run, while it still holds the folder's lock
+    (a caller's last writes into the folder: no other process can slip in between), and returns the summary to
+    give back. (A run with its predicted curve: :func:`tangentft.predict.launch.train_with_prediction`.)
     """
     out = Path(out_dir)
     if resume:
@@ -169,7 +179,8 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, resume: bool = False, overw
     elif distributed.is_main():
         check_fresh_out(out, overwrite)  # before the folder is made to hold the lock
     with _held(out, resume=resume, overwrite=overwrite):
-        return _train(cfg, out, resume=resume, overwrite=overwrite, callback=callback)
+        summary = _train(cfg, out, resume=resume, overwrite=overwrite, callback=callback)
+        return finish(summary) if finish is not None and distributed.is_main() else summary
 
 
 def _train(cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool,
