@@ -193,7 +193,7 @@ class S2FTMethod(FineTuneMethod):
         """Only the whole extra tensors: the slices train through deltas that start at 0, so weight decay pulls
         them toward θ0, not toward 0 (no J·θ0 term). At a refresh (θ_t, :meth:`load_kernel_state`) the slices'
         pull toward θ0 adds lr·wd·J·Δ_t per step, which the replay leaves out: second order in lr, as Δ_t is itself
-        about lr per coordinate per step."""
+        of order lr·t."""
         whole = [b for b in selection.blocks if b.out_idx is None and b.in_idx is None]
         return ParamSelection(whole, selection.spec) if whole else None
 
