@@ -180,8 +180,9 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
 
 
 def refresh_kwargs(cfg: TrainConfig, args) -> dict:
-    """The in-run kernel refreshes the harness asks for: at 10% and 25% of the steps (realistic regime only)."""
-    if args.regime != "realistic" or cfg.method == "s2ft":  # S2FT's kernel is only taken at θ0 (check_refreshable)
+    """The in-run kernel refreshes the harness asks for: at 10% and 25% of the steps (realistic regime only), for
+    every method of the grid (S2FT's merges its deltas into the un-adapted model, ``load_kernel_state``)."""
+    if args.regime != "realistic":
         return {}
     return {"refresh": [max(1, round(f * cfg.max_steps)) for f in FORECAST_FRACTIONS]}
 
@@ -517,8 +518,9 @@ def targets_table(summary: dict, partial: str | None = None) -> list[str]:
     lines = ["", "## Issue #26 targets, split by gain" + (f" ({partial})" if partial else ""), "",
              "Gain = real best − max(zero-shot, linear probe); a run learned when its gain ≥ 5 points. Forecasts use "
              "the real curve up to the first eval step at or after 10% / 25% of the run: the θ0 prediction anchored "
-             "on it, the kernel refresh taken there (AdamW runs of LoRA/full/head; not S2FT), and power-law / "
-             "exponential fits of the partial curve alone. Errors in points of the metric (accuracy; Pearson r for stsb).",
+             "on it, the kernel refresh taken there (realistic runs; S2FT rows run before S2FT could refresh have "
+             "none, hence the refresh's own row count), and power-law / exponential fits of the partial curve "
+             "alone. Errors in points of the metric (accuracy; Pearson r for stsb).",
              "", "| measure (target) | learned (≥ 5 pts) | did not learn |", "|---|---|---|"]
     a, b = it["learned"], it["not_learned"]
 

@@ -157,4 +157,5 @@ def test_predict_vs_real_realistic_grid(experiments):
 
     args = Namespace(regime="realistic")
     assert harness.refresh_kwargs(TrainConfig(method="lora", max_steps=300), args) == {"refresh": [30, 75]}
-    assert harness.refresh_kwargs(TrainConfig(method="s2ft", max_steps=300), args) == {}
+    assert harness.refresh_kwargs(TrainConfig(method="s2ft", max_steps=300), args) == {"refresh": [30, 75]}
+    assert harness.refresh_kwargs(TrainConfig(method="s2ft", max_steps=300), Namespace(regime="cheap")) == {}

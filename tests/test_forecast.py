@@ -7,9 +7,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tangentft.errors import TangentError
-from tangentft.predict.curve import check_refreshable, parameterized_model, predict_with, run_kernels
+from tangentft.predict.curve import (
+    check_refreshable,
+    load_trained_state,
+    parameterized_model,
+    predict_with,
+    run_kernels,
+)
 from tangentft.predict.forecast import extrapolate, forecast
 from tangentft.predict.refresh import (
     RefreshSchedule,
@@ -36,6 +43,62 @@ def test_refresh_at_step_0_equals_the_plain_prediction(data_dir):
     assert np.allclose(refreshed["eval_loss"], plain["eval_loss"], rtol=1e-10)
     assert refreshed["eval_metric"] == plain["eval_metric"]
     assert (refreshed["best_metric"], refreshed["best_step"]) == (plain["best_metric"], plain["best_step"])
+
+
+def _s2ft_cfg(data_dir, model: str) -> TrainConfig:
+    return _cfg(data_dir, model=model, method="s2ft", method_options={"types": "o:0.5,down:0.25"})
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
+def test_s2ft_refresh_at_step_0_equals_the_plain_prediction(data_dir, model):
+    """The state at θ0 of a run the S2FT way (zero deltas, and tiny-bert's seeded head), merged into the un-adapted
+    model, gives the plain prediction's curve."""
+    from tangentft.methods.base import get_method
+    from tangentft.models.task_model import build_task_model
+
+    cfg = _s2ft_cfg(data_dir, model)
+    method = get_method("s2ft")(cfg.method_config())
+    adapted = method.prepare(build_task_model(cfg.model, cfg.load_task().spec, seed=cfg.seed))
+    state = method.checkpoint_state(adapted)
+    assert any(".s2ft_delta." in k for k in state) and (model == "tiny-llama") == ("head.weight" not in state)
+    plain = predict_with(run_kernels(cfg), cfg, draws=5)
+    refreshed = forecast_from(run_kernels(cfg, state=state), cfg, 0, draws=5)
+    assert refreshed["steps"] == plain["steps"]
+    assert np.allclose(refreshed["eval_loss"], plain["eval_loss"], rtol=1e-10)
+    assert refreshed["eval_metric"] == plain["eval_metric"]
+    assert (refreshed["best_metric"], refreshed["best_step"]) == (plain["best_metric"], plain["best_step"])
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
+def test_s2ft_refresh_model_is_the_trained_run_at_theta_t(tmp_path, data_dir, model):
+    """After a few steps of an S2FT run, the un-adapted model the refresh builds from the run's checkpoint computes
+    the trained (co-permuted, adapted) model's outputs, and its kernel over the run's slices is not θ0's."""
+    from tangentft.methods.base import get_method
+    from tangentft.models.task_model import build_task_model
+    from tangentft.ntk import empirical_ntk
+    from tangentft.train.checkpoint import load_checkpoint
+    from tangentft.train.loop import Trainer, split_data
+
+    cfg = _s2ft_cfg(data_dir, model)
+    task = cfg.load_task()
+    data = split_data(task, cfg)
+    build = lambda: build_task_model(cfg.model, task.spec, seed=cfg.seed)  # noqa: E731
+    Trainer(build(), get_method("s2ft")(cfg.method_config()), data, cfg, tmp_path / "run").fit()
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck.state.step == 4
+    trained = get_method("s2ft")(cfg.method_config())
+    run_model = trained.prepare(build())  # the run's own model at θ_t: the adapter on the co-permuted base
+    trained.load_checkpoint_state(run_model, ck.model_state)
+
+    method, tm, sel = parameterized_model(cfg, task.spec, data.train)
+    x = data.train[:4]
+    f0, k0 = tm.predict(data.eval), empirical_ntk(tm, sel, x, signgd=True).matrix
+    load_trained_state(cfg, method, tm, ck.model_state)
+    assert getattr(tm, "peft_model", None) is None  # still the plain model the kernel engine differentiates
+    ft, kt = tm.predict(data.eval), empirical_ntk(tm, sel, x, signgd=True).matrix
+    assert torch.allclose(ft, run_model.predict(data.eval), rtol=1e-4, atol=1e-5)
+    assert (ft - f0).abs().max() > 1e-3 * f0.abs().max()  # the run moved f ...
+    assert np.abs(kt - k0).max() > 1e-3 * np.abs(k0).max()  # ... and the kernel at θ_t is another one
 
 
 def test_refresh_at_the_last_step_is_the_real_tail(tmp_path, data_dir):
@@ -91,12 +154,14 @@ def test_extrapolation_baselines_recover_their_own_family(family, curve):
     assert not flat["fitted"] and flat["final"] == rows[1]["eval_metric"]
 
 
-def test_refresh_schedule_waits_for_an_eval_step_and_s2ft_is_refused(data_dir):
+def test_refresh_schedule_waits_for_an_eval_step_and_linearized_is_refused(data_dir):
     cfg = _cfg(data_dir, max_steps=12, eval_every=4)
     assert refresh_steps(cfg, 8, 5) == [5, 10]
     sched = RefreshSchedule(cfg, 8, [5, 10])
     assert [s for s in range(1, 13) if sched.due(s)] == [8, 12]
     with pytest.raises(TangentError, match="positive"):
         refresh_steps(cfg, 8, 0)
-    with pytest.raises(TangentError, match="cannot be re-taken"):
-        check_refreshable(_cfg(data_dir, method="s2ft", method_options={}))
+    check_refreshable(_cfg(data_dir, method="s2ft", method_options={}))
+    for method in ("linearized", "nuclear-prox"):  # f̄ is linear in θ̄: its kernel is θ0's throughout
+        with pytest.raises(TangentError, match="cannot be re-taken.*linear in θ̄"):
+            check_refreshable(_cfg(data_dir, method=method, method_options={}))

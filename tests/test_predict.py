@@ -293,8 +293,15 @@ def test_s2ft_weight_decay_has_no_theta0_term_on_its_slices():
 def test_cli_train_s2ft_predict(tmp_path, data_dir):
     run = tmp_path / "run"
     pred, rows = _train_with_prediction(run, data_dir, ["--method", "s2ft", "--method-opt", "types=o:0.5,down:0.25",
-                                                        "--method-opt", "strategy=A"])
+                                                        "--method-opt", "strategy=A", "--refresh", "3"])
     assert pred["kernel"] == "signgd" and pred["n"] == 12
+    # --refresh 3: the deltas at step 4 merged into the un-adapted model give the run's own f_t there
+    (r,) = pred["refreshes"]
+    assert r["step"] == 4 and r["steps"] == [4, 6] and r["kernel_s"] > 0
+    assert r["eval_metric"][0] == rows[2]["eval_metric"]
+    assert r["eval_loss"][0] == pytest.approx(rows[2]["eval_loss"], rel=1e-4)
+    assert r["eval_loss"][0] != pytest.approx(rows[0]["eval_loss"], rel=1e-4)  # the run had moved by then
+    assert "| 4 |" in (run / "summary.md").read_text().split("Kernel refreshes")[1]
     assert pred["selection"]["spec"].startswith("s2ft: o: 1/2 units")
     # tiny-llama: 2 layers; o: 1 KV group of 2 (2 query heads × 8 = 16 columns × 32 rows), down: 12 of 48 columns
     named = {b["name"]: b for b in pred["selection"]["blocks"]}

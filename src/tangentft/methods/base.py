@@ -100,6 +100,9 @@ class FineTuneMethod(ABC):
     dtypes: ClassVar[tuple[str, ...] | None] = None
     dtypes_why: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # Why a kernel refresh (the kernel re-taken at a trained step, :meth:`load_kernel_state`) cannot describe this
+    # method's run; "" when it can.
+    refresh_why_not: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config or self.config_class()
@@ -127,6 +130,14 @@ class FineTuneMethod(ABC):
             raise TangentError(f"method '{self.name}' does not expose the parameters it trains (its 'selected' "
                                "selection), so no kernel of its run can be computed")
         return selected
+
+    def load_kernel_state(self, task_model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Put a run's trained tensors at step t (a checkpoint's ``model_state``) into ``task_model`` as
+        :meth:`kernel_selection` left it, so that the kernel over that selection, and the outputs, are the ones at
+        θ_t (a kernel refresh, :mod:`tangentft.predict.refresh`). Default: :meth:`load_checkpoint_state` — the model
+        the kernel is taken on is the one the method trains. A method whose kernel model is not its trained model
+        (S2FT) maps the trained state onto it; one for which no refresh is meaningful sets ``refresh_why_not``."""
+        self.load_checkpoint_state(task_model, state)
 
     def decay_selection(self, selection: ParamSelection) -> ParamSelection | None:
         """The part of a :meth:`kernel_selection` whose trained values are the model's own entries — what the

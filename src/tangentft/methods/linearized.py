@@ -204,6 +204,9 @@ class LinearizedMethod(FineTuneMethod):
     dtypes = ("float32", "bfloat16")
     dtypes_why = "its torch.func jvp mixes the fp32 trained tensors with float16 weights, which CPU autocast leaves apart"
     config_class = LinearizedConfig
+    refresh_why_not = ("it trains f̄, linear in θ̄: its kernel is the one at θ0 at every step (the prediction before the "
+                       "run already replays all of it, exactly for SGD), and its outputs at θ_t are f̄'s, which no "
+                       "network at θ_t computes")
 
     @property
     def selected(self) -> ParamSelection:

@@ -182,21 +182,22 @@ def parameterized_model(cfg: TrainConfig, spec, train: list):
 
 
 def check_refreshable(cfg: TrainConfig) -> None:
-    """Refuse, before any run starts, a method whose kernel cannot be re-taken at a trained step: one whose kernel
-    is taken on the un-adapted model (S2FT: its trained deltas live in an adapter the kernel engine does not
-    differentiate)."""
-    from ..methods.base import FineTuneMethod, get_method
+    """Refuse, before any run starts, a method for which a kernel refresh is not meaningful
+    (``FineTuneMethod.refresh_why_not`` says why)."""
+    from ..methods.base import get_method
 
-    if get_method(cfg.method).kernel_selection is not FineTuneMethod.kernel_selection:
-        raise TangentError(f"method '{cfg.method}': its kernel is taken on the un-adapted model at θ0, so it cannot "
-                           "be re-taken at a trained step (kernel refresh)")
+    why = get_method(cfg.method).refresh_why_not
+    if why:
+        raise TangentError(f"method '{cfg.method}': its kernel cannot be re-taken at a trained step (kernel refresh): "
+                           f"{why}")
 
 
 def load_trained_state(cfg: TrainConfig, method, task_model, state: dict) -> None:
     """Put a run's trained tensors (a checkpoint's ``model_state``) into the model :func:`parameterized_model`
-    built, so its kernel is the one at θ_t (:func:`check_refreshable` says for which methods it can be)."""
+    built, so its kernel and outputs are the ones at θ_t (``FineTuneMethod.load_kernel_state``; S2FT merges its
+    deltas into the un-adapted model its kernel is taken on)."""
     check_refreshable(cfg)
-    method.load_checkpoint_state(task_model, state)
+    method.load_kernel_state(task_model, state)
 
 
 def run_kernels(cfg: TrainConfig, *, n: int | None = None,

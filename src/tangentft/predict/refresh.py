@@ -3,7 +3,8 @@
 The kernel at θ0 describes the run only while it stays near θ0; a LoRA run under AdamW leaves that regime as soon
 as its B factors move (at θ0 B = 0, so the kernel holds ΔB·A0 but not B·ΔA). At a refresh step t the trained
 tensors are read from the run's checkpoint (the trainer writes one at every eval step), put into a fresh copy of
-the model, and the kernels and outputs are re-taken there on the same kernel sample (the landmarks); the steps
+the model the kernel is taken on (``FineTuneMethod.load_kernel_state``: S2FT merges its deltas into the un-adapted
+model), and the kernels and outputs are re-taken there on the same kernel sample (the landmarks); the steps
 left in the run's own plan are replayed from f_t (:mod:`tangentft.analysis.dynamics`). Adam's moments restart at
 0 in function space (their trained values live in parameter space) — an approximation, stated as such. A refresh
 at step 0 is the plain prediction.

@@ -110,12 +110,15 @@ class S2FTMethod(FineTuneMethod):
 
     def prepare(self, task_model: nn.Module) -> nn.Module:
         """Select, inject the S2FT adapter into ``task_model.hf``, freeze the rest; returns ``task_model``."""
-        from peft import get_peft_model
-
         if getattr(task_model, "peft_model", None) is not None:
             raise TangentError("this task model already carries a PEFT adapter")
+        return self._inject(task_model, self.rank_units(task_model))
+
+    def _inject(self, task_model: nn.Module, units: dict) -> nn.Module:
+        from peft import get_peft_model
+
         peft_config = self.config.to_peft()
-        peft_config.selection = self.rank_units(task_model)
+        peft_config.selection = units
         peft_model = get_peft_model(task_model.hf, peft_config)
         object.__setattr__(task_model, "peft_model", peft_model)
         for p in task_model.parameters():
@@ -127,11 +130,12 @@ class S2FTMethod(FineTuneMethod):
             p.requires_grad_(True)
         return task_model
 
-    def selection(self, task_model: nn.Module) -> ParamSelection:
+    def selection(self, task_model: nn.Module, units: dict | None = None) -> ParamSelection:
         """The parameters this run trains, on the UN-adapted ``task_model``: the weight rows/columns of the
-        ranked units (:func:`~tangentft.methods.s2ft.selection.slice_selection`, original coordinates) plus the
-        extra tensors :meth:`prepare` unfreezes whole (an encoder's head, or ``params``)."""
-        sel = slice_selection(task_model, self.rank_units(task_model))
+        ranked ``units`` (default: :meth:`rank_units` on ``task_model``;
+        :func:`~tangentft.methods.s2ft.selection.slice_selection`, original coordinates) plus the extra tensors
+        :meth:`prepare` unfreezes whole (an encoder's head, or ``params``)."""
+        sel = slice_selection(task_model, self.rank_units(task_model) if units is None else units)
         extra = self.config.params or ("head" if task_model.head is not None else None)
         if extra is None:
             return sel
@@ -152,13 +156,44 @@ class S2FTMethod(FineTuneMethod):
         of the trained coordinates is the same at θ0 (and the selection's entries are those coordinates). On the
         un-permuted base those coordinates are slices of plain linear modules, which the kernel engine computes
         from per-module activations; an S2FT layer's delta is no module it knows.
+
+        The ranked units are kept (``kernel_units``): a refresh (:meth:`load_kernel_state`) rebuilds the adapter
+        on exactly them.
         """
-        self.selected = self.selection(task_model)
+        self.kernel_units = self.rank_units(task_model)
+        self.selected = self.selection(task_model, self.kernel_units)
         return self.selected
+
+    def load_kernel_state(self, task_model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Put the run's trained state at step t (a checkpoint's ``model_state``: the deltas and the whole extra
+        tensors) into the UN-adapted ``task_model`` that :meth:`kernel_selection` ranked: the base weights with the
+        deltas merged in, in original order, and the extra tensors as trained.
+
+        Why this is θ_t for the kernel: co-permutation leaves f unchanged (S2FT paper §3.1), so the adapted model
+        at step t computes the same f as the plain model whose selected rows/columns hold W0 + Δ_t; a delta adds to
+        its slice, so ∂f/∂Δ at θ_t is ∂f/∂W on those original rows/columns at the merged weights — the kernel over
+        :meth:`kernel_selection`'s slices, taken on this model. The merge is S2FT's own: the adapter is injected on
+        a copy of ``task_model`` for the units the kernel was taken over (``kernel_units``, not re-ranked: the run
+        trained those, whatever θ_t's weights or activations would rank first), the state loaded there, then
+        ``merge_and_unload``, which adds each delta to its slice and undoes the permutation."""
+        import copy
+
+        units = getattr(self, "kernel_units", None)
+        if units is None:
+            raise TangentError("S2FT: load_kernel_state needs the units kernel_selection ranked on this model; "
+                               "call kernel_selection first")
+        # the tokenizer is not a tensor the merge touches: share it rather than copy it
+        adapted = copy.deepcopy(task_model, {id(task_model.tokenizer): task_model.tokenizer})
+        self._inject(adapted, copy.deepcopy(units))
+        self.load_checkpoint_state(adapted, state)
+        adapted.peft_model.merge_and_unload()
+        task_model.load_state_dict(adapted.state_dict())  # strict: the unloaded copy has the plain model's names
 
     def decay_selection(self, selection: ParamSelection) -> ParamSelection | None:
         """Only the whole extra tensors: the slices train through deltas that start at 0, so weight decay pulls
-        them toward θ0, not toward 0 (no J·θ0 term)."""
+        them toward θ0, not toward 0 (no J·θ0 term). At a refresh (θ_t, :meth:`load_kernel_state`) the slices'
+        pull toward θ0 adds lr·wd·J·Δ_t per step, which the replay leaves out: second order in lr, as Δ_t is itself
+        of order lr·t."""
         whole = [b for b in selection.blocks if b.out_idx is None and b.in_idx is None]
         return ParamSelection(whole, selection.spec) if whole else None
 
