@@ -78,6 +78,20 @@ def test_regression_task_model_has_one_output(name):
         assert ((out >= 0) & (out <= 5)).all()
 
 
+@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("regression", [False, True])
+def test_one_pass_gives_the_outputs_and_the_features_they_are_read_from(name, regression):
+    tm = tiny_task_model(name, stsb_spec() if regression else None)
+    x = toy_examples(5, regression=regression)
+    f, phi = tm.predict_and_features(x, batch_size=2)
+    enc = tm.encode(x)
+    tm.eval()
+    with torch.no_grad():
+        assert torch.allclose(f, tm(**enc).float(), atol=1e-5)
+        assert torch.allclose(phi, tm.features(**enc).double(), atol=1e-5)
+    assert f.shape == (5, tm.num_outputs) and phi.dtype == torch.float64
+
+
 def test_causal_output_is_label_word_logits():
     tm = tiny_task_model("tiny-llama")
     ex = toy_examples(2)

@@ -50,19 +50,7 @@ def probe_kernel(phi_rows: np.ndarray, phi_cols: np.ndarray, num_out: int, *, bi
 def features(task_model, examples, batch_size: int = 32) -> np.ndarray:
     """φ(x) of each example: the frozen representation the task model's output reads (float64, (n, d)), in eval
     mode (dropout off, as f is defined everywhere else)."""
-    import torch
-
-    out = []
-    was_training = task_model.training
-    task_model.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(examples), batch_size):
-                enc = task_model.encode(examples[i : i + batch_size])
-                out.append(task_model.features(enc["input_ids"], enc["attention_mask"]).double())
-    finally:
-        task_model.train(was_training)
-    return torch.cat(out).numpy()
+    return task_model.predict_and_features(examples, batch_size)[1].numpy()
 
 
 def _score_grad(task_model, phi: np.ndarray) -> np.ndarray:
@@ -77,7 +65,11 @@ def _score_grad(task_model, phi: np.ndarray) -> np.ndarray:
 
 def probe_kernels(task_model, x, x_eval, *, signgd: bool) -> tuple[np.ndarray, np.ndarray]:
     """(train, eval×train) full-layout kernels of a linear probe on ``task_model``'s frozen features."""
-    phi, phi_e = features(task_model, x), features(task_model, x_eval)
+    return probe_kernels_of(task_model, features(task_model, x), features(task_model, x_eval), signgd=signgd)
+
+
+def probe_kernels_of(task_model, phi: np.ndarray, phi_e: np.ndarray, *, signgd: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`probe_kernels` from features already taken (``phi``, ``phi_e``: (n, d) and (n', d) float64)."""
     dz = dz_e = None
     if task_model.head is None and task_model.spec.kind == "regression":
         dz, dz_e = _score_grad(task_model, phi), _score_grad(task_model, phi_e)

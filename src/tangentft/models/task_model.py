@@ -139,9 +139,9 @@ class TaskModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """f(x) ∈ R^K for a tokenized batch: shape (batch, K)."""
-        h = self.features(input_ids, attention_mask)
+    def outputs_of(self, h: torch.Tensor) -> torch.Tensor:
+        """f from the features ``h`` (:meth:`features`): the head (encoder), or the label words' logits of the LM
+        head (causal classification), or their softmax-weighted label values (causal regression); (batch, K)."""
         if self.head is not None:
             return self.head(h)
         weight, bias = self.label_head()
@@ -152,18 +152,32 @@ class TaskModel(nn.Module):
             return (torch.softmax(z, dim=-1) @ self.label_values.to(z.dtype)).unsqueeze(-1)
         return z
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """f(x) ∈ R^K for a tokenized batch: shape (batch, K)."""
+        return self.outputs_of(self.features(input_ids, attention_mask))
+
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example], batch_size: int = 32) -> torch.Tensor:
-        """f(X) for a list of examples, in eval mode, batched; shape (n, K), float32 on the CPU."""
+    def predict_and_features(self, examples: Sequence[Example], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(X), φ(X)) from one forward pass per batch, in eval mode, on the CPU: the outputs (n, K) float32 and
+        the features they are read from (n, d) float64 — a linear probe's input at no second pass."""
         was_training = self.training
         self.eval()
-        outs = []
+        outs, feats = [], []
         try:
             for i in range(0, len(examples), batch_size):
-                outs.append(self(**self.encode(examples[i : i + batch_size])).float().cpu())
+                enc = self.encode(examples[i : i + batch_size])
+                h = self.features(enc["input_ids"], enc["attention_mask"])
+                outs.append(self.outputs_of(h).float().cpu())
+                feats.append(h.double().cpu())
         finally:
             self.train(was_training)
-        return torch.cat(outs) if outs else torch.zeros(0, self.num_outputs)
+        if not outs:
+            return torch.zeros(0, self.num_outputs), torch.zeros(0, 0, dtype=torch.float64)
+        return torch.cat(outs), torch.cat(feats)
+
+    def predict(self, examples: Sequence[Example], batch_size: int = 32) -> torch.Tensor:
+        """f(X) for a list of examples, in eval mode, batched; shape (n, K), float32 on the CPU."""
+        return self.predict_and_features(examples, batch_size)[0]
 
     def targets(self, examples: Sequence[Example]) -> torch.Tensor:
         """Regression targets Y ∈ R^{n×K} (float32, on the CPU): one-hot labels (classification) or scores

@@ -229,11 +229,13 @@ def run_kernels(cfg: TrainConfig, *, n: int | None = None,
     k_train, k_cross = empirical_ntk_pair(tm, selection, x, data.eval, kind="full", signgd=signgd, progress=kprog)
     t_kernel = time.perf_counter() - t
     t = time.perf_counter()
-    f0, f0e = tm.predict(x).double().numpy(), tm.predict(data.eval).double().numpy()
+    (f0, phi), (f0e, phie) = tm.predict_and_features(x), tm.predict_and_features(data.eval)
+    f0, f0e = f0.double().numpy(), f0e.double().numpy()
     y, ye = tm.targets(x).double().numpy(), tm.targets(data.eval).double().numpy()
     decayed = method.decay_selection(selection)
     jt = (j_theta0(tm, decayed, x), j_theta0(tm, decayed, data.eval)) if cfg.weight_decay and decayed else None
-    kp_train, kp_cross = baselines.probe_kernels(tm, x, data.eval, signgd=signgd) if state is None else (None, None)
+    kp_train, kp_cross = ((None, None) if state is not None
+                          else baselines.probe_kernels_of(tm, phi.numpy(), phie.numpy(), signgd=signgd))
     return RunKernels(k_train.matrix, k_cross.matrix, kp_train, kp_cross, f0, f0e, y, ye, jt, task.spec.kind, signgd,
                       len(data.train), selection.to_json(), tm.head is not None,
                       {"load_s": t_load, "kernel_s": t_kernel, "outputs_s": time.perf_counter() - t}, lora_a_rms(tm))
