@@ -264,7 +264,7 @@ def analyze(
         task=task,
         task_name=data.spec.name,
         task_kind=data.spec.kind,
-        params=str(sel.params),
+        params=sel.params,
         params_default=sel.params_default,
         template=template,
         label_words=label_words,

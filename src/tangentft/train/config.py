@@ -213,14 +213,18 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         """The config as a plain dict (config.json's ``train`` entry): a spec as its text."""
-        options = {k: str(v) if isinstance(v, Spec) else v for k, v in self.method_options.items()}
-        return asdict(self) | {"method_options": options}
+        return asdict(self) | {"method_options": options_text(self.method_options)}
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
         """A config from :meth:`to_json` output; keys of older or newer versions that are not fields are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def options_text(method_options: dict) -> dict:
+    """Method options as config.json holds them: a spec as its text, every other option as it is."""
+    return {k: str(v) if isinstance(v, Spec) else v for k, v in method_options.items()}
 
 
 def load_run_config(out_dir: Path) -> tuple[RunConfig, TrainConfig]:
