@@ -209,7 +209,8 @@ def analyze(ctx: Context, task: str, params: str, candidates: str | None = None,
     from tangentft.models.spec import Spec
 
     t = time.perf_counter()
-    rep, _, _ = run_analyze(ctx.model, task, Spec.parse(params), candidates and Spec.parse(candidates), n=n,
+    rep, _, _ = run_analyze(ctx.model, task, Spec.parse(params),
+                            None if candidates is None else Spec.parse(candidates), n=n,
                             n_eval=n_eval, seed=ctx.seed, lipschitz_examples=2)
     wall = time.perf_counter() - t
     keep = ("n", "K", "lambda_max", "lambda_min", "effective_rank", "decay_beta", "decay_beta_stderr", "decay_r2",
