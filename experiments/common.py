@@ -206,10 +206,12 @@ def analyze(ctx: Context, task: str, params: str, candidates: str | None = None,
     """:func:`tangentft.analysis.analyze.analyze` (one eNTK pass, spectrum, KRR, Algorithm 2, stopping rule), trimmed
     to the numbers the experiments read, with its wall time."""
     from tangentft.analysis.analyze import analyze as run_analyze
+    from tangentft.models.spec import Spec
 
     t = time.perf_counter()
-    rep, _, _ = run_analyze(ctx.model, task, params, candidates, n=n, n_eval=n_eval, seed=ctx.seed,
-                            lipschitz_examples=2)
+    rep, _, _ = run_analyze(ctx.model, task, Spec.parse(params),
+                            None if candidates is None else Spec.parse(candidates), n=n,
+                            n_eval=n_eval, seed=ctx.seed, lipschitz_examples=2)
     wall = time.perf_counter() - t
     keep = ("n", "K", "lambda_max", "lambda_min", "effective_rank", "decay_beta", "decay_beta_stderr", "decay_r2",
             "num_params", "candidate_singles", "lora_min_rank", "timings", "recommendation")

@@ -438,7 +438,7 @@ def test_the_theory_run_translates_the_ridge_and_stopping_numbers_to_the_trainer
         assert rec.theory_steps == max(1, math.ceil(t_hat * (step_size / 2) / lr - 1e-9))
         assert rec.theory_lr * rec.theory_lam <= 0.5 + 1e-12  # the pull never overshoots
         assert (rec.theory_steps == 12) if reg == 1000.0 else (rec.theory_lr == step_size / 2)  # stretched: 7·5/3
-        assert rec.params == "lora(r=4):q,v@0;" + ";".join(f"lora(r=4):o@{g[1:-2]}" for g in rec.candidate_groups)
+        assert str(rec.params) == "lora(r=4):q,v@0;" + ";".join(f"lora(r=4):o@{g[1:-2]}" for g in rec.candidate_groups)
         cfg = theory_run(rep)
         assert (cfg.optimizer, cfg.loss, cfg.reg, cfg.warmup_ratio, cfg.method) == ("sgd", "mse", "l2", 0.0, "lora")
         assert cfg.batch_size == cfg.n_train == 12 and cfg.max_steps == rec.theory_steps and cfg.seed == 2

@@ -188,11 +188,14 @@ def test_ranking_says_no_clear_winner_for_equal_candidates_and_names_a_clear_one
 def test_lora_candidates_get_the_lora_kernel_and_the_report_ends_with_the_run(tmp_path, data_dir):
     from typer.testing import CliRunner
 
-    from tangentft.analysis.analyze import lora_candidates
     from tangentft.cli.main import app
+    from tangentft.models.spec import Spec
 
-    assert str(lora_candidates("lora(r=4):q,v@0", "o@1;head")) == "lora(r=4):o@1;head"
-    assert str(lora_candidates("q,v@0", "o@1")) == "o@1"
+    def trained_like(params: str, candidates: str) -> str:
+        return str(Spec.parse(params).trained_like(Spec.parse(candidates)))
+
+    assert trained_like("lora(r=4):q,v@0", "o@1;head") == "lora(r=4):o@1;head"
+    assert trained_like("q,v@0", "o@1") == "o@1"
     out = tmp_path / "an"
     res = CliRunner().invoke(app, ["analyze", "--model", "tiny-llama", "--task", str(data_dir / "sst2"), "--params",
                                    "lora(r=4):q,v@0", "--candidates", "o@1", "--n", "8", "--n-eval", "8",

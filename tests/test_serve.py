@@ -35,7 +35,7 @@ def server(adapters):
     from tangentft.serve import build_app
 
     torch.set_num_threads(1)
-    app, engine = build_app(BASE, [(n, str(adapters[n])) for n in ("s2", "lo", "s3")], batch_wait_ms=3)
+    app, engine = build_app(BASE, [f"{n}={adapters[n]}" for n in ("s2", "lo", "s3")], batch_wait_ms=3)
     with LiveServer(app) as srv:
         srv.engine = engine
         yield srv
@@ -213,7 +213,7 @@ def test_load_8_clients_10_requests_each_equals_alone(server, client):
 def test_queue_full_is_429_and_api_key(adapters):
     from tangentft.serve import build_app
 
-    app, engine = build_app(BASE, [("s2", str(adapters["s2"]))], api_key="sekret", max_queue=1, max_batch=1)
+    app, engine = build_app(BASE, [f"s2={adapters['s2']}"], api_key="sekret", max_queue=1, max_batch=1)
     with LiveServer(app) as srv:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0).models.list()

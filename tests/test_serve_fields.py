@@ -26,7 +26,7 @@ def server(adapters):
     from tangentft.serve import build_app
 
     torch.set_num_threads(1)
-    app, _engine = build_app(BASE, [("s2", str(adapters["s2"]))], batch_wait_ms=1, api_key="k")
+    app, _engine = build_app(BASE, [f"s2={adapters['s2']}"], batch_wait_ms=1, api_key="k")
     with LiveServer(app) as srv:
         yield srv
 

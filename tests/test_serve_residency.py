@@ -32,7 +32,7 @@ def test_evicted_adapters_reload_and_answer_identically(folders):
 
     torch.set_num_threads(1)
     names = list(folders)
-    app, engine = build_app(BASE, [(n, str(folders[n])) for n in names], batch_wait_ms=1)
+    app, engine = build_app(BASE, [f"{n}={folders[n]}" for n in names], batch_wait_ms=1)
     with LiveServer(app) as srv:
         c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
         # reference answers with every adapter resident as loaded, then at most 2 resident from here on

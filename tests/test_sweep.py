@@ -108,7 +108,7 @@ def test_the_space_grid_and_its_configs(tmp_path):
     grid = space.grid()
     assert [g["lr"] for g in grid] == [0.001, 0.01]
     cfg = space.config(grid[1], "tiny-llama", "sst2")
-    assert (cfg.method, cfg.method_options, cfg.lr, cfg.max_steps, cfg.batch_size, cfg.n_train) == (
+    assert (cfg.method, cfg.to_json()["method_options"], cfg.lr, cfg.max_steps, cfg.batch_size, cfg.n_train) == (
         "lora", {"params": "q,v@0", "lora_r": 2}, 0.01, 4, 4, 12)
 
 

@@ -3,7 +3,9 @@
 :func:`analyze_kernels` is the numpy part (spectrum, Theorem 5 bounds, kernel-ridge prediction, Algorithm 2,
 stopping rule, rank advice); :func:`analyze` loads the model and task, computes the kernels and the
 Lipschitz estimates, and returns the :class:`~tangentft.analysis.result.AnalysisReport` that
-:mod:`tangentft.analysis.report` writes. Without ``params`` the base selection is :func:`default_params`.
+:mod:`tangentft.analysis.report` writes. Without ``params`` the base selection is the model's default
+(:func:`tangentft.models.candidates.default_params`); the base and candidates are selected by
+:func:`tangentft.models.candidates.select_candidates`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import numpy as np
 from ..data.scoring import task_metric
 from ..errors import TangentError
 from ..methods.lora import register_terms
-from ..models.selection import ParamSelection, select
-from ..models.spec import DEFAULT_LORA_RANK, LoraOptions, Spec
+from ..models.candidates import BASE_GROUP, select_candidates
+from ..models.spec import DEFAULT_LORA_RANK, Spec
 from . import baselines, bounds, krr, lipschitz, lora_rank, perturbation, spectrum, stopping, uncertainty
 from .result import AnalysisReport, KernelAnalysis, Recommendation
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-BASE_GROUP = "base"
 
 
 def recommend_subset(selection: perturbation.Selection, share: float = 0.9) -> perturbation.CandidateScore:
@@ -192,50 +193,11 @@ def _sample(task, n: int, n_eval: int | None, seed: int):
     return x, x_eval, pool_name
 
 
-def lora_candidates(params: str | Spec, candidates: str | Spec | None) -> Spec | None:
-    """Candidates as they would be trained (:meth:`Spec.trained_like`): with LoRA parameters (``lora(r=8):...``)
-    each plain candidate term becomes a LoRA term of the same rank and alpha, so its kernel is the LoRA kernel of
-    that module."""
-    return None if candidates is None else Spec.parse(params).trained_like(Spec.parse(candidates))
-
-
-def recommended_params(params: str | Spec, groups: list[str]) -> Spec:
-    """The selection that trains ``params`` plus the candidate ``groups`` (labels such as ``L5.o``), each group a
-    term as it was analysed (:meth:`Spec.of_group`, a LoRA adapter when ``params`` are LoRA factors)."""
-    params = Spec.parse(params)
-    for g in groups:
-        params = params + params.trained_like(Spec.of_group(g))
-    return params
-
-
-def _adapted_shapes(task_model, selection) -> dict[str, tuple[int, int]]:
-    """(out, in) of every linear matrix the selection adapts (LoRA factors map to the matrix they adapt)."""
-    smap = task_model.structure
-    shapes: dict[str, tuple[int, int]] = {}
-    for b in selection.blocks:
-        if b.module_kind != "linear" or b.role is None:
-            continue
-        if b.layer is None:
-            continue
-        key = f"L{b.layer}.{b.role}"
-        shapes[key] = (smap.out_features(b.role), smap.in_features(b.role))
-    return shapes
-
-
-def default_params(task_model) -> Spec:
-    """The selection analysed when none is given: LoRA r = 8 on q and v of the first, middle and last layers,
-    plus the task head of encoders (new, so it trains too)."""
-    last = task_model.structure.num_layers - 1
-    layers = ",".join(str(i) for i in dict.fromkeys((0, last // 2 + last % 2, last)))
-    head = ";head" if getattr(task_model, "head", None) is not None else ""
-    return Spec.parse(f"{LoraOptions()}:q,v@{layers}{head}")
-
-
 def analyze(
     model: str,
     task: str,
-    params: str | Spec | None = None,
-    candidates: str | Spec | None = None,
+    params: Spec | None = None,
+    candidates: Spec | None = None,
     *,
     n: int = 32,
     n_eval: int | None = None,
@@ -255,9 +217,11 @@ def analyze(
 
     One eNTK pass over the base selection ``params`` ∪ the ``candidates`` selection gives the base kernel K
     (group ``base``) and the candidate kernels S_g (candidate groups, e.g. ``L5.o``) together, plus the
-    eval×train cross-kernel for kernel-ridge prediction. ``template``/``label_words`` override the task's
+    eval×train cross-kernel for kernel-ridge prediction. ``params`` and ``candidates`` are parsed specs
+    (:meth:`Spec.parse` the text where it enters). ``template``/``label_words`` override the task's
     prompt and verbalizers, ``task_options`` (``num_labels``, ``score_range``) declare its classes/range
-    (as in :func:`tangentft.data.load_task`). ``params`` None analyses :func:`default_params` of the model.
+    (as in :func:`tangentft.data.load_task`). ``params`` None analyses the model's default
+    (:func:`tangentft.models.candidates.default_params`).
     ``device``/``dtype`` place the model (:mod:`tangentft.device`); kernels stay float64.
     """
     from ..data import load_task
@@ -268,24 +232,18 @@ def analyze(
         raise TangentError(f"n must be ≥ 2, got {n}")
     if not float(sigma) > 0:
         raise TangentError(f"sigma must be > 0, got {sigma}")
-    if isinstance(candidates, str) and not candidates.strip():
-        raise TangentError("candidates is empty: give a selection spec such as 'o@::5'")
-    params = Spec.parse(params) if params is not None else None
-    candidates = Spec.parse(candidates) if candidates is not None else None
     timings: dict[str, float] = {}
     t = time.perf_counter()
     data = load_task(task, template=template, label_words=label_words, **(task_options or {}))
     x, x_eval, eval_split = _sample(data, int(n), n_eval, seed)
     tm = build_task_model(model, data.spec, seed=seed, device=device, dtype=dtype)
-    params_default = params is None
-    params = default_params(tm) if params is None else params
-    candidates = lora_candidates(params, candidates)
-    base, combined, cand_groups = _selections(tm, params, candidates, seed)
+    register_terms()  # lora(...) terms inject their adapter as the selection resolves
+    sel = select_candidates(tm, params, candidates, seed=seed)
     timings["load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     kprog = (lambda d, tot: progress("eNTK", d, tot)) if progress else None
-    k_train, k_cross = empirical_ntk_pair(tm, combined, x, x_eval, kind="full", progress=kprog)
+    k_train, k_cross = empirical_ntk_pair(tm, sel.combined, x, x_eval, kind="full", progress=kprog)
     timings["kernel_s"] = time.perf_counter() - t
     k_base = k_train.blocks[BASE_GROUP]
 
@@ -293,11 +251,11 @@ def analyze(
     f0, f0_eval, y, y_eval = _outputs(tm, x, x_eval, progress)
     timings["predict_s"] = time.perf_counter() - t
 
-    kernels = analyze_kernels(k_base, k_cross.blocks[BASE_GROUP], {g: k_train.blocks[g] for g in cand_groups}, y, f0,
+    kernels = analyze_kernels(k_base, k_cross.blocks[BASE_GROUP], {g: k_train.blocks[g] for g in sel.groups}, y, f0,
                               y_eval, f0_eval, task_kind=data.spec.kind, sigma=sigma, step_size=step_size,
                               noise=noise, seed=seed)
     t = time.perf_counter()
-    regime = _linear_regime(tm, base, x[:lipschitz_examples], kernels, y, f0, k_base.shape[0], seed, progress)
+    regime = _linear_regime(tm, sel.base, x[:lipschitz_examples], kernels, y, f0, k_base.shape[0], seed, progress)
     timings["lipschitz_s"] = time.perf_counter() - t
 
     rep = AnalysisReport.from_kernels(
@@ -306,21 +264,20 @@ def analyze(
         task=task,
         task_name=data.spec.name,
         task_kind=data.spec.kind,
-        params=str(params),
-        params_default=params_default,
+        params=sel.params,
+        params_default=sel.params_default,
         template=template,
         label_words=label_words,
-        candidates_spec=None if candidates is None else str(candidates),
-        candidate_groups=cand_groups,
-        num_params=base.num_params(tm),
-        num_params_candidates={g: ParamSelection(blocks, g).num_params(tm) for g, blocks in combined.groups.items()
-                               if g != BASE_GROUP},
+        candidates_spec=None if sel.candidates is None else str(sel.candidates),
+        candidate_groups=list(sel.groups),
+        num_params=sel.num_params,
+        num_params_candidates=sel.num_params_candidates,
         seed=seed,
         eval_split=eval_split,
         n_eval=len(x_eval),
         sample_ids=k_train.sample_ids,
         kernel_timings=k_train.timings,
-        lora_ranks=[a.to_json() for a in lora_rank.advise_ranks(tm.num_outputs, len(x), _adapted_shapes(tm, base))],
+        lora_ranks=[a.to_json() for a in lora_rank.advise_ranks(tm.num_outputs, len(x), sel.adapted_shapes)],
         **regime,
     )
     # linear probe on the frozen features the output reads: the same kernel ridge with the head's kernel
@@ -331,25 +288,6 @@ def analyze(
     rep.timings = rep.timings | timings
     rep.recommendation = recommendation(rep)
     return rep, k_base, k_train
-
-
-def _selections(tm, params: Spec, candidates: Spec | None, seed: int):
-    """(base selection, base ∪ candidates grouped as ``base`` + candidate groups, candidate group labels).
-
-    One injection for base and candidates: a LoRA candidate is an adapter of its own (its kernel is the LoRA
-    kernel of that module, not the whole-module kernel), and PEFT adapters are injected once per model."""
-    register_terms()  # lora(...) terms inject their adapter as the selection resolves
-    if candidates is None:
-        base = select(tm, params, seed=seed)
-        return base, base.regroup(lambda b: BASE_GROUP), []
-    select(tm, params + candidates, seed=seed)
-    base = select(tm, params, seed=seed)
-    base_keys = {(b.name, b.out_idx, b.in_idx) for b in base.blocks}
-    extra = [b for b in select(tm, candidates, seed=seed).blocks if (b.name, b.out_idx, b.in_idx) not in base_keys]
-    if not extra:
-        raise TangentError(f"candidates '{candidates}' adds no parameter beyond params '{params}'")
-    cand_sel = ParamSelection(extra, str(candidates))
-    return base, base.regroup(lambda b: BASE_GROUP) + cand_sel, list(cand_sel.groups)
 
 
 def _outputs(tm, x, x_eval, progress: Progress | None):
@@ -426,10 +364,17 @@ def recommendation(rep: AnalysisReport) -> Recommendation:
         step_size=st["step_size"],
         candidate_groups=(rep.candidate_recommendation or {}).get("groups", []),
     )
-    if rep.params:
-        rec.params = str(recommended_params(rep.params, rec.candidate_groups))
-        theory_run_numbers(rep, rec)
+    rec.params = recommended_params(rep.params, rec.candidate_groups)
+    theory_run_numbers(rep, rec)
     return rec
+
+
+def recommended_params(params: Spec, groups: list[str]) -> Spec:
+    """The selection that trains ``params`` plus the candidate ``groups`` (labels such as ``L5.o``), each group a
+    term as it was analysed (:meth:`Spec.of_group`, a LoRA adapter when ``params`` are LoRA factors)."""
+    for g in groups:
+        params = params + params.trained_like(Spec.of_group(g))
+    return params
 
 
 def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
@@ -445,7 +390,7 @@ def theory_run_numbers(rep: AnalysisReport, rec: Recommendation) -> None:
     rec.theory_lr = min(rec.step_size / 2.0, 0.5 / rec.theory_lam) if rec.theory_lam > 0 else rec.step_size / 2.0
     stretch = rec.step_size / 2.0 / rec.theory_lr
     rec.theory_steps = max(1, math.ceil(rec.steps * stretch - 1e-9))
-    lora_ranks = [t.lora.r for t in Spec.parse(rep.params).lora_terms]
+    lora_ranks = [t.lora.r for t in rep.params.lora_terms]
     rec.theory_lora_rank = max(rec.lora_rank, *lora_ranks) if lora_ranks else None
     rec.theory_notes = [
         f"loss: the trainer's mean squared loss over the K = {rep.K} outputs, the loss the stopping rule and λ were "

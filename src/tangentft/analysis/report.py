@@ -318,7 +318,7 @@ def compare_rows(directories) -> list[dict]:
             "run": str(d),
             "model": r.model,
             "task": r.task_name or r.task,
-            "params": r.params,
+            "params": str(r.params),
             "n": r.n,
             "kappa": r.condition_number["value"],
             "beta": r.decay_beta,

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..models.spec import Spec
+
 
 @dataclass(kw_only=True)
 class KernelAnalysis:
@@ -68,7 +70,7 @@ class Recommendation:
     steps: int
     step_size: float
     candidate_groups: list[str]
-    params: str | None = None  # the analysed parameters plus the recommended candidate groups
+    params: Spec | None = None  # the analysed parameters plus the recommended candidate groups
     theory_lam: float | None = None
     theory_lr: float | None = None
     theory_steps: int | None = None
@@ -79,6 +81,10 @@ class Recommendation:
     predicted_gain: bool | None = None  # whether the run to launch is predicted to beat not training at all
     decision: str | None = None  # the sentence that says so, and what to try instead when it does not
 
+    def __post_init__(self):
+        if self.params is not None:
+            self.params = Spec.parse(self.params)  # report.json's text enters here
+
 
 @dataclass(kw_only=True)
 class AnalysisReport(KernelAnalysis):
@@ -88,7 +94,7 @@ class AnalysisReport(KernelAnalysis):
     task: str
     task_name: str
     task_kind: str
-    params: str
+    params: Spec  # the analysed parameters (report.json holds the text)
     params_default: bool = False  # params was not given: the documented per-architecture default was used
     template: str | None = None  # the prompt template, when it replaced the task's
     label_words: list[str] | None = None  # the label words, when they replaced the task's
@@ -110,14 +116,20 @@ class AnalysisReport(KernelAnalysis):
     run_prediction: dict | None = None  # the predicted curve of the run to launch (tangentft.predict.curve)
     figures: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.params = Spec.parse(self.params)  # report.json's text enters here
+
     @classmethod
     def from_kernels(cls, kernels: KernelAnalysis, **context: Any) -> AnalysisReport:
         """The report of ``kernels`` with the context fields (model, task, params, …) given."""
         return cls(**{f.name: getattr(kernels, f.name) for f in fields(KernelAnalysis)}, **context)
 
     def to_json(self) -> dict:
-        """report.json's content."""
-        return asdict(self)
+        """report.json's content: the specs as their text."""
+        data = asdict(self) | {"params": str(self.params)}
+        if self.recommendation is not None and self.recommendation.params is not None:
+            data["recommendation"]["params"] = str(self.recommendation.params)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> AnalysisReport:

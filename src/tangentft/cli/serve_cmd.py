@@ -23,11 +23,10 @@ def serve(
     seed: int = typer.Option(0, "--seed", help="Seed of the tiny test models."),
 ) -> None:
     """Serve the base and adapters over HTTP (/v1/completions, /v1/chat/completions, /v1/classify, ...)."""
-    from ..serve.server import build_app, parse_adapter, run
+    from ..serve.server import build_app, run
 
-    pairs = [parse_adapter(a) for a in adapter]
-    with console.status(f"loading {model} and {len(pairs)} adapters"):
-        app, engine = build_app(model, pairs, seed=seed, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
+    with console.status(f"loading {model} and {len(adapter)} adapters"):
+        app, engine = build_app(model, adapter, seed=seed, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                                 batch_wait_ms=batch_wait_ms, max_resident=max_adapters)
     for a in engine.adapters.values():
         where = "" if a.name in engine.resident else ", on disk until asked for"

@@ -61,43 +61,22 @@ def _options(params, lora_r, lora_alpha, method_opt) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def _config(ctx: typer.Context) -> tuple[TrainConfig, Path]:
-    """The run's config and folder from the parsed options: a new run's config, or (``--resume``) the stored one
-    with the options the user typed applied (:func:`tangentft.train.run.resume_config` checks they may change)."""
+def _config(values: dict, typed: set[str], resume: Path | None, out: Path | None,
+            overwrite: bool) -> tuple[TrainConfig, Path]:
+    """The run's config and folder from the config ``values`` the options give: a new run's config, or
+    (``--resume``) the stored one with the ``typed`` options applied (:func:`tangentft.train.run.resume_config`
+    checks they may change)."""
     from ..errors import TangentError
     from ..train.run import resume_config
 
-    o = ctx.params
-    if o["predict_n"] is not None and not o["predict"]:
-        raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
-    if o["refresh"] is not None and not o["predict"]:
-        raise TangentError("--refresh re-forecasts a predicted run; add --predict (or drop --refresh)")
-    scores = task_options(o["num_labels"], o["score_range"])["score_range"]
-    scores = list(scores) if scores else None
-    method_options = _options(o["params"], o["lora_r"], o["lora_alpha"], o["method_opt"])
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    resume, out = o["resume"], o["out"]
     if resume is not None:
-        if o["overwrite"]:
+        if overwrite:
             raise TangentError("--resume continues a run and --overwrite replaces it: give one of them")
         if out is not None and out.resolve() != resume.resolve():
             raise TangentError(f"--resume {resume} writes into that folder; drop --out {out}")
-        typed = _explicit(ctx)
-        changes = {k: v for k, v in o.items() if k in typed and k in fields and k != "score_range"}
-        if scores is not None:
-            changes["score_range"] = scores
-        if typed & {"text_column", "label_column"}:
-            changes["columns"] = task_columns(o["text_column"], o["label_column"])
-        if typed & {"params", "lora_r", "lora_alpha", "method_opt"}:
-            changes["method_options"] = method_options
-        return resume_config(resume, changes), resume
-    if not o["model"] or not o["task"] or out is None:
+        return resume_config(resume, {k: v for k, v in values.items() if k in typed}), resume
+    if not values["model"] or not values["task"] or out is None:
         raise TangentError("train needs --model, --task and --out (or --resume DIR)")
-    values = {k: v for k, v in o.items() if k in fields}
-    values.update(template=o["template"].replace("\\n", "\n") if o["template"] else None,
-                  label_words=o["label_words"].split(",") if o["label_words"] else None,
-                  columns=task_columns(o["text_column"], o["label_column"]), method_options=method_options,
-                  score_range=scores)
     return TrainConfig(**values), out
 
 
@@ -161,11 +140,43 @@ def train(
     if relaunch(ctx, nproc):
         return
     from .. import distributed
-    from ..train.run import run_training
+    from ..errors import TangentError
 
-    cfg, out_dir = _config(ctx)
+    if predict_n is not None and not predict:
+        raise TangentError("--predict-n sets the kernel sample of --predict; add --predict (or drop --predict-n)")
+    if refresh is not None and not predict:
+        raise TangentError("--refresh re-forecasts a predicted run; add --predict (or drop --refresh)")
+    scores = task_options(num_labels, score_range)["score_range"]
+    typed = _explicit(ctx)
+    values = dict(
+        model=model, task=task, template=template.replace("\\n", "\n") if template else None,
+        label_words=label_words.split(",") if label_words else None, method=method,
+        method_options=_options(params, lora_r, lora_alpha, method_opt), reg=reg, lam=lam,
+        reg_per_element=reg_per_element, weight_decay=weight_decay, optimizer=optimizer, loss=loss, epochs=epochs,
+        lr=lr, warmup_ratio=warmup_ratio, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
+        n_train=n_train, n_eval=n_eval, eval_every=eval_every, early_stop=early_stop, stop_at=stop_at,
+        val_fraction=val_fraction, probe_size=probe_size, eval_batch_size=eval_batch_size, seed=seed,
+        num_labels=num_labels, score_range=list(scores) if scores else None, device=device, dtype=dtype,
+        grad_checkpointing=grad_checkpointing, columns=task_columns(text_column, label_column))
+    typed |= {"columns"} if typed & {"text_column", "label_column"} else set()
+    typed |= {"method_options"} if typed & {"params", "lora_r", "lora_alpha", "method_opt"} else set()
+    cfg, out_dir = _config(values, typed, resume, out, overwrite)
     main = distributed.is_main()
-    # The bar starts with the first step: a run refused while loading prints its one error line only.
+    try:
+        summary = _launch(cfg, out_dir, main, predict, resume=resume is not None, overwrite=overwrite,
+                          n=predict_n, refresh=refresh)
+    finally:
+        distributed.shutdown()
+    if main:
+        _print_summary(cfg, out_dir, summary)
+
+
+def _launch(cfg: TrainConfig, out_dir: Path, main: bool, predict: bool, *, resume: bool, overwrite: bool,
+            n: int | None, refresh: int | None) -> dict:
+    """The run (:func:`tangentft.predict.launch.launch_run`) under a progress bar that starts with its first step
+    (a run refused while loading prints its one error line only); the run's summary."""
+    from ..predict.launch import launch_run
+
     loading = err_console.status(f"{cfg.method}: loading model and data")
     with progress_by_stage(disable=not main) as update:
 
@@ -174,32 +185,22 @@ def train(
             extra = " ".join(f"{k} {v:.4g}" for k, v in info.items())
             update(cfg.method, step, total, description=f"{cfg.method} {extra}")
 
+        # AdamW's curve comes from the SignGD kernel ⟨∇f(x), sign ∇f(x')⟩: the sign needs every example's gradient
+        # materialized (no Gram shortcut) and both triangles, so it costs several times the eNTK analyze computes
+        # for the same parameters.
+        kernel = "SignGD kernel (AdamW; materializes every example's gradient)" if cfg.optimizer == "adamw" else "eNTK (SGD)"
+
+        def on_kernel(stage: str, done: int, total: int) -> None:
+            loading.stop()
+            update("predict", done, total, description=f"predicting the curve: {stage} passes, {kernel}")
+
         if main:
             loading.start()
         try:
-            if predict:
-                from ..predict.launch import train_with_prediction
-
-                # AdamW's curve comes from the SignGD kernel ⟨∇f(x), sign ∇f(x')⟩: the sign needs every example's
-                # gradient materialized (no Gram shortcut) and both triangles, so it costs several times the eNTK
-                # analyze computes for the same parameters.
-                kernel = ("SignGD kernel (AdamW; materializes every example's gradient)" if cfg.optimizer == "adamw"
-                          else "eNTK (SGD)")
-
-                def on_kernel(stage: str, done: int, total: int) -> None:
-                    loading.stop()
-                    update("predict", done, total, description=f"predicting the curve: {stage} passes, {kernel}")
-
-                summary = train_with_prediction(cfg, out_dir, resume=resume is not None, overwrite=overwrite,
-                                                callback=on_step, n=predict_n, refresh=refresh,
-                                                progress=on_kernel)
-            else:
-                summary = run_training(cfg, out_dir, resume=resume is not None, overwrite=overwrite, callback=on_step)
+            return launch_run(cfg, out_dir, predict, resume=resume, overwrite=overwrite, callback=on_step,
+                              n=n, refresh=refresh, progress=on_kernel)
         finally:
             loading.stop()
-            distributed.shutdown()
-    if main:
-        _print_summary(cfg, out_dir, summary)
 
 
 def _print_summary(cfg: TrainConfig, out_dir: Path, summary: dict) -> None:

@@ -51,8 +51,9 @@ class MethodConfig:
 
     @classmethod
     def coerce_options(cls, method: str, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` without the ones not given (None), each string converted to its field's bool/int/float
-        type; an option the method has no field for is an error naming the method."""
+        """``options`` without the ones not given (None), each string converted to its field's type (bool, int,
+        float; a spec's text parsed into a :class:`Spec`, so a run's config carries the value and config.json its
+        text); an option the method has no field for is an error naming the method."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
@@ -61,8 +62,7 @@ class MethodConfig:
             if key not in known:
                 opts = ", ".join(sorted(known))
                 raise TangentError(f"option '{key}' does not apply to method '{method}' (its options: {opts})")
-            # a config keeps the spec's text (config.json's form); the method config parses it
-            kwargs[key] = str(value) if isinstance(value, Spec) else _coerce(key, value, known[key])
+            kwargs[key] = _coerce(key, value, known[key])
             if isinstance(kwargs[key], float) and not math.isfinite(kwargs[key]):
                 raise TangentError(f"option {key}={value!r}: expected a finite number")
         return kwargs
@@ -77,6 +77,8 @@ def _coerce(key: str, value: Any, f) -> Any:
     if not isinstance(value, str):
         return value
     annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if re.search(r"\bSpec\b", annotation):
+        return Spec.parse(value)
     kind = next((t for t in ("bool", "int", "float") if re.search(rf"\b{t}\b", annotation)), None)
     try:
         if kind == "bool":

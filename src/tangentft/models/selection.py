@@ -123,6 +123,10 @@ class ParamSelection:
             out.setdefault(b.group, []).append(b)
         return out
 
+    def as_group(self, label: str) -> ParamSelection:
+        """This selection with every block in the one group ``label``."""
+        return ParamSelection([replace(b, group=label) for b in self.blocks], self.spec, self.lora)
+
     def regroup(self, by: str | Callable[[ParamBlock], str], structure: StructureMap | None = None) -> ParamSelection:
         """Relabel groups: a keyword (``layer``, ``role``, ``module``, ``param``, ``all``), a function of the
         block, or a spec ``SPEC;SPEC;…`` (needs the model's ``structure``).
@@ -172,6 +176,12 @@ class ParamSelection:
         """Number of selected scalars."""
         named = dict(model.named_parameters(remove_duplicate=False))
         return sum(b.numel(named[b.name]) for b in self.blocks)
+
+    def adapted_shapes(self, structure: StructureMap) -> dict[str, tuple[int, int]]:
+        """(out, in) of every layer's linear matrix these blocks adapt, by ``L{layer}.{role}`` (a LoRA factor maps to
+        the matrix it adapts)."""
+        return {f"L{b.layer}.{b.role}": (structure.out_features(b.role), structure.in_features(b.role))
+                for b in self.blocks if b.module_kind == "linear" and b.role is not None and b.layer is not None}
 
     def to_json(self) -> dict:
         """Serializable description (round-trips through :meth:`from_json`)."""

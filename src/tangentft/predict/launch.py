@@ -81,3 +81,15 @@ def train_with_prediction(cfg: TrainConfig, out_dir: Path, *, resume: bool = Fal
         return summary
 
     return run_training(cfg, out, resume=resume, overwrite=overwrite, callback=on_step, finish=compare)
+
+
+def launch_run(cfg: TrainConfig, out_dir: Path, predict: bool = False, *, resume: bool = False,
+               overwrite: bool = False, callback: Callable[[int, int, dict], None] | None = None,
+               n: int | None = None, refresh: int | Sequence[int] | None = None,
+               progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """The ``train`` command's run: with ``predict``, :func:`train_with_prediction` (``n``, ``refresh`` and
+    ``progress`` are its own); without, :func:`tangentft.train.run.run_training`. Returns the run's summary."""
+    if not predict:
+        return run_training(cfg, out_dir, resume=resume, overwrite=overwrite, callback=callback)
+    return train_with_prediction(cfg, out_dir, resume=resume, overwrite=overwrite, callback=callback, n=n,
+                                 refresh=refresh, progress=progress)

@@ -26,12 +26,12 @@ RUN_OUT = "runs/recommended"  # the --out the report's commands name; the user p
 THEORY_OUT = "runs/theory"
 
 
-def _method(params: str) -> str:
+def _method(params: Spec) -> str:
     """lora when the selection trains LoRA factors (its candidates are LoRA adapters too), full otherwise."""
-    return "lora" if Spec.parse(params).lora_terms else "full"
+    return "lora" if params.lora_terms else "full"
 
 
-def _params(rep: AnalysisReport) -> str:
+def _params(rep: AnalysisReport) -> Spec:
     rec = rep.recommendation
     return rec.params if rec is not None and rec.params else rep.params
 
@@ -127,12 +127,11 @@ def decide(pred: dict, rep: AnalysisReport) -> tuple[bool, str]:
                    f"{best:.3g} at step {pred['best_step']}, so keep the model as it is, or try " + "; ".join(tries))
 
 
-def analyze_and_recommend(model: str, task: str, params: str | Spec | None = None,
-                          candidates: str | Spec | None = None, *,
+def analyze_and_recommend(model: str, task: str, params: Spec | None = None, candidates: Spec | None = None, *,
                           n: int = 32, out: str | Path | None = None,
                           progress: Callable[[str, int, int], None] | None = None, **options: Any) -> AnalysisReport:
     """``analyze``: the pre-training analysis (:func:`tangentft.analysis.analyze.analyze`, ``options`` are its keyword
-    arguments), then the run to launch and its predicted curve (:func:`predict_recommended`). With ``out``, writes
+    arguments; ``params``/``candidates`` parsed specs), then the run to launch and its predicted curve (:func:`predict_recommended`). With ``out``, writes
     report.json, report.md, the figures and the kernel there. Returns the report."""
     from ..analysis.analyze import analyze
     from ..analysis.report import write_report

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TangentError
+from ..models.spec import Spec
 from ..schemas import RunConfig, parse, read_json
 from .regularization import OPTIMIZERS, REG_MODES
 
@@ -93,9 +94,10 @@ class TrainConfig:
         from ..methods.base import get_method
 
         method = get_method(self.method)
-        # stored typed, so a config built from strings (``key=value`` options) equals the one built from values
+        # stored typed, so a config built from strings (``key=value`` options) equals the one built from values;
+        # the spec's text is parsed here, once (config.json gets its text back from to_json)
         self.method_options = method.config_class.coerce_options(self.method, self.method_options)
-        self.method_config()  # parses the spec: unknown module types fail before any loading
+        self.method_config()  # unknown options and bad values fail before any loading
         from ..device import dtype_name, resolve_dtype
 
         dtype = dtype_name(resolve_dtype(self.dtype))
@@ -210,14 +212,19 @@ class TrainConfig:
         return shlex.join([*args, "--out", str(out)])
 
     def to_json(self) -> dict:
-        """The config as a plain dict (config.json's ``train`` entry)."""
-        return asdict(self)
+        """The config as a plain dict (config.json's ``train`` entry): a spec as its text."""
+        return asdict(self) | {"method_options": options_text(self.method_options)}
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
         """A config from :meth:`to_json` output; keys of older or newer versions that are not fields are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def options_text(method_options: dict) -> dict:
+    """Method options as config.json holds them: a spec as its text, every other option as it is."""
+    return {k: str(v) if isinstance(v, Spec) else v for k, v in method_options.items()}
 
 
 def load_run_config(out_dir: Path) -> tuple[RunConfig, TrainConfig]:

@@ -26,7 +26,7 @@ from ..methods.base import get_method
 from ..models.fingerprint import base_weights_fingerprint
 from ..schemas import MetricsRow, RunConfig, read_json, read_jsonl
 from .checkpoint import CHECKPOINT, checkpoint_step
-from .config import CONFIG, TrainConfig, load_config, load_run_config
+from .config import CONFIG, TrainConfig, load_config, load_run_config, options_text
 from .loop import Trainer, split_data
 from .plots import plot_run, read_metrics
 from .summary import write_summary
@@ -52,8 +52,9 @@ def resume_config(out_dir: Path, changes: dict | None = None) -> TrainConfig:
         if value == getattr(stored, name):
             continue
         if name not in RESUMABLE:
+            was, got = (options_text(v) if name == "method_options" else v for v in (getattr(stored, name), value))
             raise TangentError(
-                f"resume: {name} was {getattr(stored, name)!r} when the run in {out_dir} started, got {value!r}; "
+                f"resume: {name} was {was!r} when the run in {out_dir} started, got {got!r}; "
                 f"a resumed run can only change {', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} (start a new run for anything else)"
             )
         changed[name] = value
@@ -152,7 +153,7 @@ def _made(cfg: TrainConfig, summary: dict) -> list[str]:
     last = summary.get("last") or {}
     lines = [f"`tangentft train --method {cfg.method}` on task `{Path(cfg.task).name}` "
              f"({summary['steps']} steps, {summary['trainable_params']:,} trained parameters, seed {cfg.seed})",
-             f"options: {cfg.method_options or 'defaults'}; optimizer {cfg.optimizer}, lr {cfg.lr:g}, "
+             f"options: {options_text(cfg.method_options) or 'defaults'}; optimizer {cfg.optimizer}, lr {cfg.lr:g}, "
              f"batch {cfg.batch_size}×{cfg.grad_accum}, warmup {cfg.warmup_ratio:g}"]
     if cfg.reg != "none":
         lines.append(f"pull toward θ0: {cfg.reg}, λ = {cfg.lam:g} (linearization paper eq. 8)")
