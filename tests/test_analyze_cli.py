@@ -156,3 +156,24 @@ def test_the_decision_launches_only_a_run_predicted_to_beat_not_training():
     gain, text = decide(pred | {"best_metric": 0.6, "best_step": 0, "horizon": {"best_step": 0}}, rep)
     assert not gain and "no candidate is predicted to beat zero-shot (0.6)" in text
     assert "smaller learning rate" in text and "--num-examples 64" in text and "linear probe" in text
+
+
+def test_the_recommended_run_keeps_the_declared_classes(tmp_path):
+    """--num-labels changes the task model (3 outputs where the files show 2 classes): the recommended run and the
+    theory's run must train that model, so their commands carry it."""
+    import shlex
+
+    task = tmp_path / "three"
+    task.mkdir()
+    rows = "label\tsentence\n" + "".join(f"{i % 2}\tsentence number {i} is {'good' if i % 2 else 'bad'}\n" for i in range(24))
+    (task / "train.tsv").write_text(rows)
+    (task / "test.tsv").write_text(rows)
+    out = tmp_path / "a"
+    res = runner.invoke(app, ["analyze", "--model", "tiny-bert", "--task", str(task), "--n", "8",
+                              "--params", "q@0;head", "--num-labels", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["task_options"] == {"num_labels": 3} and rep["K"] == 3
+    for key in ("train_command", "theory_command"):
+        args = shlex.split(rep["recommendation"][key])
+        assert args[args.index("--num-labels") + 1] == "3", key

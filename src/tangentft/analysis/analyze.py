@@ -268,6 +268,7 @@ def analyze(
         params_default=sel.params_default,
         template=template,
         label_words=label_words,
+        task_options={k: v for k, v in (task_options or {}).items() if v is not None},
         candidates_spec=None if sel.candidates is None else str(sel.candidates),
         candidate_groups=list(sel.groups),
         num_params=sel.num_params,

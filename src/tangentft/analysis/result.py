@@ -98,6 +98,7 @@ class AnalysisReport(KernelAnalysis):
     params_default: bool = False  # params was not given: the documented per-architecture default was used
     template: str | None = None  # the prompt template, when it replaced the task's
     label_words: list[str] | None = None  # the label words, when they replaced the task's
+    task_options: dict[str, Any] = field(default_factory=dict)  # num_labels / score_range, when given
     candidates_spec: str | None = None
     candidate_groups: list[str] = field(default_factory=list)
     num_params: int = 0

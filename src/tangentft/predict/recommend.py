@@ -36,6 +36,14 @@ def _params(rep: AnalysisReport) -> Spec:
     return rec.params if rec is not None and rec.params else rep.params
 
 
+def _task_fields(rep: AnalysisReport) -> dict:
+    """The analysed task's declared classes / score range, as a run's config carries them (so the recommended run
+    builds the task model the analysis measured)."""
+    opts = rep.task_options or {}
+    rng = opts.get("score_range")
+    return {"num_labels": opts.get("num_labels"), "score_range": list(rng) if rng is not None else None}
+
+
 def recommended_run(rep: AnalysisReport, *, steps: int | None = None, lr: float | None = None) -> TrainConfig:
     """The run that applies an ``analyze`` report's recommendation: its parameters plus the recommended candidate
     groups (:func:`tangentft.analysis.analyze.recommended_params`), the LoRA method when they are LoRA factors, AdamW,
@@ -45,6 +53,7 @@ def recommended_run(rep: AnalysisReport, *, steps: int | None = None, lr: float 
     n = int(rep.n)
     total = steps or max(10, min(200, 10 * math.ceil(n / 8)))
     return TrainConfig(model=rep.model, task=rep.task, template=rep.template, label_words=rep.label_words,
+                       **_task_fields(rep),
                        method=_method(params), method_options={"params": params}, optimizer="adamw",
                        lr=lr or TrainConfig.default("lr"), n_train=n, n_eval=int(rep.n_eval or n), max_steps=total,
                        eval_every=max(1, total // 10), seed=int(rep.seed))
@@ -65,6 +74,7 @@ def theory_run(rep: AnalysisReport) -> TrainConfig:
     if rec.theory_lora_rank is not None:
         options["lora_r"] = rec.theory_lora_rank
     return TrainConfig(model=rep.model, task=rep.task, template=rep.template, label_words=rep.label_words,
+                       **_task_fields(rep),
                        method=_method(params), method_options=options, loss="mse", optimizer="sgd",
                        lr=_round(rec.theory_lr), reg="l2", lam=_round(rec.theory_lam), max_steps=rec.theory_steps,
                        n_train=int(rep.n), batch_size=int(rep.n), warmup_ratio=0.0, seed=int(rep.seed))
