@@ -12,7 +12,7 @@ from ..data.types import TaskSpec
 from ..errors import TangentError
 from ..io import safetensors_metadata
 from ..schemas import AdapterConfig, AdapterProvenance, TaskSpecRecord, read_json
-from .sparse import SparseAdapter, load_adapter
+from .sparse import SparseAdapter, read_sparse
 
 
 @dataclass
@@ -38,7 +38,7 @@ def read_folder(path: str | Path, name: str) -> AdapterFolder:
     if cfg.peft_type == "LORA":
         kind, weights = "lora", SparseAdapter(name, [], lora_fingerprints(path / "adapter_model.safetensors"))
     elif cfg.peft_type == "S2FT" or cfg.format == "tangentft-sparse":
-        kind, weights = "s2ft", load_adapter(path, name=name)
+        kind, weights = "s2ft", read_sparse(path, cfg, name)
     else:
         raise TangentError(f"{cfg_file}: peft_type {cfg.peft_type!r}: the server serves LoRA and S2FT adapters")
     run = provenance(path)

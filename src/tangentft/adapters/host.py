@@ -13,12 +13,13 @@ attached changes then.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from torch import nn
 
 from ..errors import TangentError
 from ..models.fingerprint import base_weights_fingerprint
-from .folder import AdapterFolder
+from .folder import AdapterFolder, read_folder
 from .merge import check_base
 from .multi import BASE, MultiAdapter
 
@@ -37,8 +38,14 @@ class AdapterHost:
         self.peft = None  # the PeftModel holding LoRA adapters, created with the first one
         self.kinds: dict[str, str] = {}  # attached adapter -> "lora" | "s2ft"
 
-    def attach(self, adapter: AdapterFolder) -> int:
-        """Put ``adapter`` on the base, after checking it was made for it; its number of parameters."""
+    def load(self, name: str, path: str | Path) -> AdapterFolder:
+        """Read the adapter folder ``path`` and attach it as ``name``; the folder as read (kind, task spec)."""
+        adapter = read_folder(path, name)
+        self.attach(adapter)
+        return adapter
+
+    def attach(self, adapter: AdapterFolder) -> None:
+        """Put ``adapter`` on the base, after checking it was made for it (nothing changes if that fails)."""
         expected = adapter.base_fingerprint
         if expected and expected != self.fingerprint:
             raise AdapterConflict(f"adapter '{adapter.name}' ({adapter.path}) was trained on another base "
@@ -49,9 +56,15 @@ class AdapterHost:
                 self.sparse.add(adapter.weights, check=False)
         except TangentError as exc:
             raise AdapterConflict(exc.message) from None
-        size = adapter.weights.numel if adapter.kind == "s2ft" else self._inject_lora(adapter)
+        if adapter.kind == "lora":
+            self._inject_lora(adapter)
         self.kinds[adapter.name] = adapter.kind
-        return size
+
+    def parameters(self, name: str) -> int:
+        """How many parameters attached adapter ``name`` adds to the base."""
+        if self.kinds[name] == "s2ft":
+            return next(a.numel for a in self.sparse.adapters if a.name == name)
+        return sum(p.numel() for n, p in self.hf.named_parameters() if f".{name}." in n and "lora_" in n)
 
     def detach(self, name: str) -> None:
         """Take adapter ``name`` off the base."""
@@ -60,7 +73,7 @@ class AdapterHost:
         else:
             self.sparse.remove(name)
 
-    def _inject_lora(self, adapter: AdapterFolder) -> int:
+    def _inject_lora(self, adapter: AdapterFolder) -> None:
         from peft import PeftModel
 
         name = adapter.name
@@ -77,7 +90,6 @@ class AdapterHost:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise AdapterConflict(f"LoRA adapter '{name}' ({adapter.path}) does not fit the served base: {first}") from None
         self.hf.eval()
-        return sum(p.numel() for n, p in self.hf.named_parameters() if f".{name}." in n and "lora_" in n)
 
     @contextlib.contextmanager
     def route(self, labels: list[str]):

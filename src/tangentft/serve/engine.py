@@ -1,8 +1,8 @@
 """The serving engine: one base causal LM and the adapters registered on it, under a residency limit, and one
 forward in which every row of the batch uses its own adapter.
 
-The adapters package reads an adapter folder (:func:`tangentft.adapters.read_folder`) and holds the attached
-ones on the unmerged base (:class:`tangentft.adapters.AdapterHost`); the engine names them, keeps at most
+The adapters package reads an adapter folder and holds it with the other attached ones on the unmerged base
+(:class:`tangentft.adapters.AdapterHost`); the engine names them, keeps at most
 ``max_resident`` attached (least recently used evicted, read again on its next use) and counts their use.
 Adapters are refused (:class:`AdapterConflict`) when made for another base; nothing already loaded changes
 then. The engine is not thread-safe: the scheduler calls it from one thread.
@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters.folder import read_folder
 from ..adapters.host import AdapterConflict, AdapterHost
 from ..adapters.multi import BASE
 from ..data.tasks import get_builtin_spec
@@ -83,10 +82,9 @@ class Engine:
         is read (and so checked) now; beyond ``max_resident`` the least recently used one not in ``busy`` is
         evicted (kept registered, read again on its next use)."""
         self.check_name(name)
-        adapter = read_folder(path, name)
-        size = self.host.attach(adapter)
+        adapter = self.host.load(name, path)
         self._now_resident(name)
-        self.adapters[name] = AdapterInfo(name, adapter.kind, str(adapter.path), adapter.task, size)
+        self.adapters[name] = AdapterInfo(name, adapter.kind, str(adapter.path), adapter.task, self.host.parameters(name))
         if not self._evict_beyond(self.max_resident, {*busy, name}):
             self._evict_beyond(self.max_resident, busy)  # every other resident one is busy: wait on disk
         return self.adapters[name]
@@ -103,7 +101,7 @@ class Engine:
         if self.max_resident is not None and not self._evict_beyond(self.max_resident - 1, busy):
             self.uses[label] -= 1
             return False
-        self.host.attach(read_folder(self.adapters[label].path, label))
+        self.host.load(label, self.adapters[label].path)
         self._now_resident(label)
         return True
 
