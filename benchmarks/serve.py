@@ -221,7 +221,7 @@ def main() -> None:
                 print(f"k={k} round {r} {m}_switch {runs[f'{m}_switch'][-1]['tokens_per_s']:.2f} tok/s", flush=True)
         for n in names:
             engines["lora"].unload(n)
-        engines["lora"].peft.unload()  # drop the (now empty) LoRA layers: the plain base again
+        engines["lora"].host.peft.unload()  # drop the (now empty) LoRA layers: the plain base again
         for m, rs in runs.items():
             done[m] = {key: statistics.median(x[key] for x in rs) for key in rs[0]} | {
                 "tokens_per_s_rounds": [x["tokens_per_s"] for x in rs]}

@@ -101,7 +101,7 @@ def adapter_memory(loaded, hf, smap, tmp: Path, s2ft_folders: list[Path], rank: 
         grown = (rss_mb() - before) / 8
         if kind == "s2ft":
             held = sum(v.numel() * v.element_size() + ix.numel() * ix.element_size()
-                       for entries in engine.sparse._plan.values() for _n, _o, ix, v in entries) / 8
+                       for entries in engine.host.sparse._plan.values() for _n, _o, ix, v in entries) / 8
         else:
             held = sum(p.numel() * p.element_size() for n, p in engine.hf.named_parameters() if "lora_" in n) / 8
         out[kind] = {"parameters": engine.adapters["m0"].parameters, "tensor_bytes": held, "rss_growth_mb": grown}

@@ -269,6 +269,6 @@ def test_first_lora_of_other_shapes_is_refused_and_leaves_nothing(tmp_path):
         before = engine.hf(input_ids=x).logits
         with pytest.raises(AdapterConflict, match="does not fit"):
             engine.load("bad", tmp_path / "bad")
-        assert engine.peft is None and not engine.adapters
+        assert engine.host.peft is None and not engine.adapters
         assert type(engine.hf.model.layers[0].mlp.down_proj).__name__ == "Linear"
         assert torch.equal(engine.hf(input_ids=x).logits, before)

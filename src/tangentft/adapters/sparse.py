@@ -144,10 +144,17 @@ def base_model_name(path: str | Path) -> str | None:
 def load_adapter(path: str | Path, name: str | None = None) -> SparseAdapter:
     """Read an S2FT adapter folder (PEFT ``save_pretrained`` output or :func:`save_adapter` output)."""
     folder = Path(path)
-    cfg_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
-    if not cfg_file.is_file() or not weights.is_file():
+    cfg_file = folder / "adapter_config.json"
+    if not cfg_file.is_file():
         raise TangentError(f"{folder}: not an adapter folder (needs adapter_config.json and adapter_model.safetensors)")
-    cfg = read_json(cfg_file, AdapterConfig)
+    return read_sparse(folder, read_json(cfg_file, AdapterConfig), name)
+
+
+def read_sparse(folder: Path, cfg: AdapterConfig, name: str | None = None) -> SparseAdapter:
+    """The S2FT adapter in ``folder`` whose ``adapter_config.json`` was already read as ``cfg``."""
+    cfg_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise TangentError(f"{folder}: not an adapter folder (needs adapter_config.json and adapter_model.safetensors)")
     if cfg.format == SPARSE_FORMAT:
         fingerprints = [(list(p), fp) for p, fp in cfg.fingerprints]
     elif (cfg.peft_type or "").upper() == "S2FT":

@@ -1,22 +1,17 @@
-"""The serving engine: one unmerged base causal LM, any number of LoRA and S2FT adapters, and one forward
-in which every row of the batch uses its own adapter.
+"""The serving engine: one base causal LM and the adapters registered on it, under a residency limit, and one
+forward in which every row of the batch uses its own adapter.
 
-* S2FT (sparse) adapters go through :class:`tangentft.adapters.MultiAdapter` (forward hooks that add each
-  adapter's sparse term on its own rows, in original coordinates: the base is never permuted or merged);
-* LoRA adapters go through PEFT's own mixed-batch path (``adapter_names``), injected with
-  ``PeftModel.load_adapter`` into the same Hugging Face model.
-
-Both apply in the same forward: a row names one adapter, the other mechanism sees ``__base__`` for it.
-Adapters are refused (:class:`AdapterConflict`) when their base fingerprint differs from the served base;
-nothing already loaded changes then. The engine is not thread-safe: the scheduler calls it from one thread.
+The adapters package reads an adapter folder and holds it with the other attached ones on the unmerged base
+(:class:`tangentft.adapters.AdapterHost`); the engine names them, keeps at most
+``max_resident`` attached (least recently used evicted, read again on its next use) and counts their use.
+Adapters are refused (:class:`AdapterConflict`) when made for another base; nothing already loaded changes
+then. The engine is not thread-safe: the scheduler calls it from one thread.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
-import json
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,19 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters import MultiAdapter, SparseAdapter, check_base, load_adapter
+from ..adapters.host import AdapterConflict, AdapterHost
 from ..adapters.multi import BASE
 from ..data.tasks import get_builtin_spec
 from ..data.types import Example, TaskSpec
 from ..errors import TangentError
-from ..io import safetensors_metadata
-from ..models.fingerprint import base_weights_fingerprint
 from ..models.registry import LoadedModel
-from ..schemas import AdapterConfig, AdapterProvenance, read_json
 
-
-class AdapterConflict(TangentError):
-    """An adapter that cannot live on this base (another base's fingerprint, modules or shapes that differ)."""
+__all__ = ["AdapterConflict", "AdapterInfo", "Engine"]
 
 
 @dataclass
@@ -48,41 +38,6 @@ class AdapterInfo:
     path: str
     task: TaskSpec | None
     parameters: int
-
-
-def adapter_kind(path: Path) -> str:
-    """``lora`` or ``s2ft`` from an adapter folder's ``adapter_config.json``."""
-    cfg_file = path / "adapter_config.json"
-    cfg = read_json(cfg_file, AdapterConfig, missing=f"{path}: not an adapter folder (no adapter_config.json)")
-    if cfg.peft_type == "LORA":
-        return "lora"
-    if cfg.peft_type == "S2FT" or cfg.format == "tangentft-sparse":
-        return "s2ft"
-    raise TangentError(f"{cfg_file}: peft_type {cfg.peft_type!r}: the server serves LoRA and S2FT adapters")
-
-
-def run_config(path: Path) -> dict:
-    """The ``config.json`` of the tangentft training run an adapter folder belongs to (``{}`` if none)."""
-    for folder in (path, path.parent):
-        f = folder / "config.json"
-        if f.is_file():
-            info = read_json(f, AdapterProvenance)
-            if info.train is not None or info.task_spec is not None:  # else a model's own config.json
-                return info.model_dump(exclude_none=True)
-    return {}
-
-
-def task_of(cfg: dict) -> TaskSpec | None:
-    """The task spec a run was trained for (None when the folder does not say)."""
-    spec = cfg.get("task_spec")
-    if not spec:
-        return None
-    builtin = get_builtin_spec(spec.get("name", "")) if spec.get("name") else None
-    return TaskSpec(
-        spec.get("name", "task"), spec.get("kind", "classification"), spec["template"], list(spec["label_words"]),
-        list(spec.get("label_values") or (builtin.label_values if builtin else [])),
-        len(spec["label_words"]) if spec.get("kind", "classification") == "classification" else 1,
-    )
 
 
 class Engine:
@@ -99,9 +54,8 @@ class Engine:
         # sharing it garble each other's batches (seen under load), so the worker thread has its own copy
         self.worker_tokenizer = copy.deepcopy(loaded.tokenizer)
         self._worker_loaded = replace(loaded, tokenizer=self.worker_tokenizer)
-        self.fingerprint = base_weights_fingerprint(self.hf)
-        self.sparse = MultiAdapter(self.hf)
-        self.peft = None  # the PeftModel holding LoRA adapters, created with the first one
+        self.host = AdapterHost(self.hf)
+        self.fingerprint = self.host.fingerprint
         self.adapters: dict[str, AdapterInfo] = {}  # every registered adapter, resident or not
         if max_resident is not None and max_resident < 1:
             raise TangentError(f"at most {max_resident} adapters resident: keep at least 1 (or set no limit)")
@@ -128,22 +82,12 @@ class Engine:
         is read (and so checked) now; beyond ``max_resident`` the least recently used one not in ``busy`` is
         evicted (kept registered, read again on its next use)."""
         self.check_name(name)
-        path = Path(path)
-        if not path.is_dir():
-            raise TangentError(f"adapter path {path}: no such folder")
-        kind = adapter_kind(path)
-        run = run_config(path)
-        expected = run.get("base_fingerprint")
-        if expected and expected != self.fingerprint:
-            raise AdapterConflict(
-                f"adapter '{name}' ({path}) was trained on another base (fingerprint {expected}, served {self.fingerprint})"
-            )
-        size = self._attach(name, kind, path)
-        info = AdapterInfo(name, kind, str(path), task_of(run), size)
-        self.adapters[name] = info
+        adapter = self.host.load(name, path)
+        self._now_resident(name)
+        self.adapters[name] = AdapterInfo(name, adapter.kind, str(adapter.path), adapter.task, self.host.parameters(name))
         if not self._evict_beyond(self.max_resident, {*busy, name}):
             self._evict_beyond(self.max_resident, busy)  # every other resident one is busy: wait on disk
-        return info
+        return self.adapters[name]
 
     def ensure(self, label: str, busy: Collection[str] = ()) -> bool:
         """Make ``label`` resident for a request (reading it from disk if it was evicted, evicting the least
@@ -157,8 +101,8 @@ class Engine:
         if self.max_resident is not None and not self._evict_beyond(self.max_resident - 1, busy):
             self.uses[label] -= 1
             return False
-        info = self.adapters[label]
-        self._attach(label, info.kind, Path(info.path))
+        self.host.load(label, self.adapters[label].path)
+        self._now_resident(label)
         return True
 
     def unload(self, name: str) -> None:
@@ -181,52 +125,14 @@ class Engine:
             self.evictions[name] += 1
         return len(self.resident) <= limit
 
-    def _attach(self, name: str, kind: str, path: Path) -> int:
-        """Read adapter ``name`` from ``path`` into the model; its number of parameters."""
-        if kind == "s2ft":
-            adapter = load_adapter(path, name=name)
-            try:
-                self.sparse.add(adapter)
-            except TangentError as exc:
-                raise AdapterConflict(exc.message) from None
-            size = adapter.numel
-        else:
-            size = self._load_lora(name, path)
+    def _now_resident(self, name: str) -> None:
+        """Count adapter ``name``, just attached (read from disk), as the most recently used resident one."""
         self.resident[name] = None
         self.loads[name] += 1
-        return size
 
     def _detach(self, name: str) -> None:
-        if self.adapters[name].kind == "lora":
-            self.peft.delete_adapter(name)
-        else:
-            self.sparse.remove(name)
+        self.host.detach(name)
         del self.resident[name]
-
-    def _load_lora(self, name: str, path: Path) -> int:
-        from peft import PeftModel
-
-        fingerprints = _lora_fingerprints(path)  # also checks the weights file is whole, before PEFT reads it
-        if fingerprints:
-            check = SparseAdapter(name, [], fingerprints)
-            try:
-                check_base(self.hf, check)
-            except TangentError as exc:
-                raise AdapterConflict(exc.message) from None
-        try:
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.hf, str(path), adapter_name=name, is_trainable=False)
-            else:
-                self.peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as exc:  # shapes or module names of another architecture
-            if self.peft is not None and name in self.peft.peft_config:
-                self.peft.delete_adapter(name)
-            elif self.peft is None:
-                _strip_tuner_layers(self.hf)  # a first LoRA that failed half-way must leave no layer behind
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AdapterConflict(f"LoRA adapter '{name}' ({path}) does not fit the served base: {first}") from None
-        self.hf.eval()
-        return sum(p.numel() for n, p in self.hf.named_parameters() if f".{name}." in n and "lora_" in n)
 
     def model_names(self) -> list[str]:
         """The base's name, then every adapter's."""
@@ -241,15 +147,9 @@ class Engine:
         raise KeyError(model)
 
     # -- forward -------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def routing(self, labels: list[str]):
         """Within the block, row b of every forward uses adapter ``labels[b]`` (``__base__``: none)."""
-        with contextlib.ExitStack() as stack:
-            if self.peft is not None:
-                lora = [n if n in self.resident and self.adapters[n].kind == "lora" else BASE for n in labels]
-                stack.enter_context(self.peft.base_model._enable_peft_forward_hooks(adapter_names=lora))
-            stack.enter_context(self.sparse.route(labels))
-            yield
+        return self.host.route(labels)
 
     @torch.inference_mode()
     def forward(self, input_ids, attention_mask, position_ids, cache, labels: list[str]):
@@ -277,30 +177,3 @@ class Engine:
         enc = tm.encode(examples)
         with self.routing([label] * len(texts)):
             return spec, tm(**enc).float()
-
-
-def _strip_tuner_layers(hf: nn.Module) -> None:
-    """Put every PEFT tuner layer's base layer back in its place (undoes a failed first injection)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for path, module in list(hf.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            parent, _, child = path.rpartition(".")
-            setattr(hf.get_submodule(parent) if parent else hf, child, module.get_base_layer())
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        if attr in hf.__dict__:
-            delattr(hf, attr)
-
-
-def _lora_fingerprints(path: Path) -> list[tuple[list[str], str]]:
-    """Base fingerprints a LoRA written by ``tangentft s2ft to-lora`` carries in its safetensors metadata."""
-    f = path / "adapter_model.safetensors"
-    if not f.is_file():
-        return []
-    raw = safetensors_metadata(f).get("tangentft_fingerprints")
-    if not raw:
-        return []
-    try:
-        return [(list(p), str(fp)) for p, fp in json.loads(raw)]
-    except (json.JSONDecodeError, TypeError, ValueError):
-        raise TangentError(f"{f}: metadata 'tangentft_fingerprints' is not a list of [modules, fingerprint]") from None
