@@ -248,7 +248,7 @@ def analyze(
     k_base = k_train.blocks[BASE_GROUP]
 
     t = time.perf_counter()
-    f0, f0_eval, y, y_eval = _outputs(tm, x, x_eval, progress)
+    f0, f0_eval, y, y_eval, phi, phi_eval = _outputs(tm, x, x_eval, progress)
     timings["predict_s"] = time.perf_counter() - t
 
     kernels = analyze_kernels(k_base, k_cross.blocks[BASE_GROUP], {g: k_train.blocks[g] for g in sel.groups}, y, f0,
@@ -283,7 +283,7 @@ def analyze(
     )
     # linear probe on the frozen features the output reads: the same kernel ridge with the head's kernel
     t = time.perf_counter()
-    rep.baselines["linear_probe"] = _probe_metric(tm, x, x_eval, y, f0, y_eval, f0_eval, data.spec.kind, seed)
+    rep.baselines["linear_probe"] = _probe_metric(tm, phi, phi_eval, y, f0, y_eval, f0_eval, data.spec.kind, seed)
     timings["probe_s"] = time.perf_counter() - t
     rep.warnings = setup_warnings(tm)
     rep.timings = rep.timings | timings
@@ -292,16 +292,18 @@ def analyze(
 
 
 def _outputs(tm, x, x_eval, progress: Progress | None):
-    """(f0(X), f0(X_eval), Y, Y_eval) as float64 arrays: the pretrained outputs and the targets."""
+    """(f0(X), f0(X_eval), Y, Y_eval, φ(X), φ(X_eval)) as float64 arrays: the pretrained outputs, the targets and
+    the frozen features the outputs are read from (the linear probe's input), from one forward pass."""
     if progress:
         progress("f0(X)", 0, 2)
-    f0 = tm.predict(x).double().numpy()
+    f0, phi = tm.predict_and_features(x)
     if progress:
         progress("f0(X)", 1, 2)
-    f0_eval = tm.predict(x_eval).double().numpy()
+    f0_eval, phi_eval = tm.predict_and_features(x_eval)
     if progress:
         progress("f0(X)", 2, 2)
-    return f0, f0_eval, tm.targets(x).double().numpy(), tm.targets(x_eval).double().numpy()
+    return (f0.double().numpy(), f0_eval.double().numpy(), tm.targets(x).double().numpy(),
+            tm.targets(x_eval).double().numpy(), phi.numpy(), phi_eval.numpy())
 
 
 def _linear_regime(tm, base, x_lip, kernels: KernelAnalysis, y, f0, n_rows: int, seed: int,
@@ -335,12 +337,13 @@ def setup_warnings(task_model) -> list[str]:
             "none, so use a causal LM's label words for kernel-faithful predictions"]
 
 
-def _probe_metric(tm, x, x_eval, y, f0, y_eval, f0_eval, kind: str, seed: int) -> float:
-    """Eval metric of kernel ridge with a linear head's kernel on frozen features (σ by cross-validation)."""
-    kt, kc = baselines.probe_kernels(tm, x, x_eval, signgd=False)
+def _probe_metric(tm, phi, phi_eval, y, f0, y_eval, f0_eval, kind: str, seed: int) -> float:
+    """Eval metric of kernel ridge with a linear head's kernel on the frozen features ``phi``/``phi_eval`` (σ by
+    cross-validation)."""
+    kt, kc = baselines.probe_kernels_of(tm, phi, phi_eval, signgd=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        cv = krr.cv_sigma(kt, y, f0, folds=min(4, len(x)), seed=seed)
+        cv = krr.cv_sigma(kt, y, f0, folds=min(4, len(phi)), seed=seed)
         pred = krr.krr_predict(kt, y, f0, cv.sigma, kc, f0_eval).eval_pred
     y_eval = np.asarray(y_eval)
     labels = y_eval.argmax(axis=1) if kind == "classification" else None

@@ -7,11 +7,17 @@ score), and for a correlation with fewer than two examples or a constant side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 METRIC_NAMES = {"classification": "accuracy", "regression": "pearson"}
+
+
+def metric_range(metric_name: str) -> tuple[float, float]:
+    """The range a metric can take (accuracy [0, 1], Pearson r [-1, 1]; any other metric is unbounded)."""
+    return {"accuracy": (0.0, 1.0), "pearson": (-1.0, 1.0)}.get(metric_name, (-math.inf, math.inf))
 
 
 def task_metric(outputs, labels: Sequence, kind: str) -> tuple[str, float]:

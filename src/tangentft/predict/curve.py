@@ -23,11 +23,11 @@ import numpy as np
 from ..analysis import baselines
 from ..analysis.dynamics import StepPlan, simulate
 from ..data.sampling import epoch_order, sample_n
+from ..data.scoring import metric_range
 from ..errors import TangentError
 from ..io import write_json
 from ..train.config import TrainConfig
 from ..train.schedule import warmup_linear_factor
-from .forecast import metric_range
 
 FILE = "prediction.json"
 DEFAULT_N = 256  # kernel examples; a larger training set is represented by this sample (or a Nyström sketch)

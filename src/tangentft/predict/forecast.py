@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.scoring import metric_range
 from ..errors import TangentError
 
 LEVEL = 0.8
@@ -44,11 +45,6 @@ def _observed(rows: Sequence[dict]) -> list[tuple[int, float]]:
     if not obs:
         raise TangentError("forecast needs at least one evaluated row (step, eval_metric)")
     return sorted(obs)
-
-
-def metric_range(metric_name: str) -> tuple[float, float]:
-    """The range a metric can take (accuracy [0, 1], Pearson r [-1, 1]; any other metric is unbounded)."""
-    return {"accuracy": (0.0, 1.0), "pearson": (-1.0, 1.0)}.get(metric_name, (-math.inf, math.inf))
 
 
 def forecast(rows: Sequence[dict], prediction: dict, *, n_eval: int | None = None, level: float = LEVEL) -> dict:

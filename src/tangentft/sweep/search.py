@@ -256,7 +256,7 @@ class Objective:
         if key not in self._kernels:
             self._kernels[key] = cached_kernels(cfg, self.space.predict_n, self.cache)[0]
         full = predict_with(self._kernels[key], cfg, draws=self.space.draws)
-        pred, name = compact_prediction({**full, "n_eval": cfg.n_eval}), full["metric_name"]
+        pred, name = compact_prediction(full), full["metric_name"]
         trial.set_user_attr(PREDICTION_ATTR, pred)
         if (run / "summary.json").is_file():  # trained by an earlier sweep into this folder: read it
             curve = real_curve(run)
