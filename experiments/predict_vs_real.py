@@ -141,12 +141,19 @@ def sizes_for(model: str, args) -> dict:
     return {**{k: getattr(args, k) for k in SIZES}, "kernel_n": args.n_train}
 
 
+def train_config(model: str, task: str, conf: tuple, sizes: dict, args) -> TrainConfig:
+    """The run a grid entry stands for, at the regime's sizes."""
+    name, method, params, lr, optimizer = conf[:5]
+    return TrainConfig(model=model, task=str(args.data / task), method=method,
+                       method_options=method_options(conf), optimizer=optimizer, lr=lr,
+                       n_train=sizes["n_train"], n_eval=sizes["n_eval"], max_steps=sizes["steps"],
+                       batch_size=sizes["batch_size"], eval_every=sizes["eval_every"], probe_size=16,
+                       seed=sizes["seed"])
+
+
 def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
     name, method, params, lr, optimizer = conf[:5]
-    cfg = TrainConfig(model=model, task=str(args.data / task), method=method,
-                      method_options=method_options(conf), optimizer=optimizer, lr=lr,
-                      n_train=sizes["n_train"], n_eval=sizes["n_eval"], max_steps=sizes["steps"],
-                      batch_size=sizes["batch_size"], eval_every=sizes["eval_every"], probe_size=16, seed=sizes["seed"])
+    cfg = train_config(model, task, conf, sizes, args)
     run_dir = args.runs / key(model, task, name)
     # An interrupted row continues from its last checkpoint with the prediction it made (a killed harness loses no
     # finished step); a folder killed before its first checkpoint starts again.
@@ -177,6 +184,53 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
         "time_ratio": predict_s / max(train_s, 1e-9),
         "probe_eval_mode": True,
     }
+
+
+def predict_all_examples(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
+    """The θ0 prediction of a cached row with the kernel on every training example (``n = n_train``) instead of
+    the regime's sample — what the sample costs in accuracy (issue #26 §3) — and, from the same kernel's
+    sub-block, the sample's own prediction with its sample-size extrapolation to n_train
+    (:func:`tangentft.predict.curve.sample_size_extrapolation`), which costs no more than the sample's kernel.
+    No training: the real curve is the row's. Stored under the row's ``prediction_all``."""
+    from tangentft.data.sampling import sample_n
+    from tangentft.predict.curve import predict_with, run_kernels
+    from tangentft.train.loop import split_data
+
+    cfg = train_config(model, task, conf, sizes, args)
+    t = time.perf_counter()
+    rk = run_kernels(cfg, n=sizes["n_train"])
+    pred = predict_with(rk, cfg)
+    wall = time.perf_counter() - t
+    train = split_data(cfg.load_task(), cfg).train
+    position = {id(e): i for i, e in enumerate(train)}
+    sample = [position[id(e)] for e in sample_n(train, sizes["kernel_n"], cfg.seed)]
+    from_sample = predict_with(rk.subset(sample), cfg)
+    keep = ("steps", "eval_metric", "metric_name", "best_step", "best_metric", "metric_interval", "n", "baselines",
+            "timings")
+    return {**{k: pred[k] for k in keep}, "wall_s": wall,
+            "sample": {k: from_sample[k] for k in ("n", "best_metric", "best_step", "sample_size")}}
+
+
+def backfill_all_examples(plan: list[tuple], args) -> None:
+    """Add :func:`predict_all_examples` to cached rows that lack it, cheapest first (by the sample prediction's
+    wall time: the whole set's kernel grows with it), at most ``--limit``."""
+    todo = []
+    for model, task, conf in plan:
+        path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        if "prediction_all" not in res and _same_sizes(res, sizes_for(model, args)):
+            todo.append((res["predict_s"], model, task, conf, path))
+    for _, model, task, conf, path in sorted(todo, key=lambda t: t[0])[: args.limit]:
+        res = json.loads(path.read_text())
+        res["prediction_all"] = predict_all_examples(model, task, conf, sizes_for(model, args), args)
+        write_json(path, res)
+        p = res["prediction_all"]
+        ext = (p["sample"]["sample_size"] or {}).get("best_metric_at_n_train", float("nan"))
+        print(f"{model} {task} {conf[0]}: all {p['n']} examples {p['best_metric']:.3f} (sample "
+              f"{res['prediction']['best_metric']:.3f}, re-taken {p['sample']['best_metric']:.3f}, extrapolated "
+              f"{ext:.3f}) real {res['comparison']['real_best']:.3f} ({p['wall_s']:.0f} s)", flush=True)
 
 
 def refresh_kwargs(cfg: TrainConfig, args) -> dict:
@@ -328,6 +382,10 @@ def summarize(results: list[dict]) -> dict:
             "flagged_nonlinear": bool((r["prediction"].get("lora_a_travel") or 0) > NONLINEAR_RATIO),
             "n_for_2_points": r["prediction"]["n_for_2_points"], "time_ratio": r["time_ratio"],
             "predict_s": r["predict_s"], "train_s": r["train_s"],
+            "predicted_all": r.get("prediction_all", {}).get("best_metric"),
+            "predicted_extrapolated": ((r.get("prediction_all", {}).get("sample") or {}).get("sample_size")
+                                       or {}).get("best_metric_at_n_train"),
+            "predict_all_s": r.get("prediction_all", {}).get("wall_s"),
         })
     per_task = {}
     for model in sorted({r["model"] for r in rows}):
@@ -400,6 +458,15 @@ def issue_targets(rows: list[dict]) -> dict:
     for group, sub in (("learned", [r for r in rows if r["learned"]]), ("not_learned", [r for r in rows if not r["learned"]])):
         g: dict = {"rows": len(sub)}
         g["rmse_best_before_pts"] = _rmse([r["error"] for r in sub])
+        have = [r for r in sub if r.get("predicted_all") is not None]
+        g["rows_all_examples"] = len(have)
+        g["rmse_best_before_all_examples_pts"] = _rmse([r["predicted_all"] - r["real"] for r in have])
+        g["rmse_best_before_sample_same_rows_pts"] = _rmse([r["error"] for r in have])
+        ext = [r for r in have if r.get("predicted_extrapolated") is not None]
+        g["rows_extrapolated"] = len(ext)
+        g["rmse_best_before_extrapolated_pts"] = _rmse([r["predicted_extrapolated"] - r["real"] for r in ext])
+        g["median_predict_all_time_ratio"] = (float(np.median([r["predict_all_s"] / r["train_s"] for r in have]))
+                                              if have else None)
         g["best_step_within_1.5x"] = sum(1 for r in sub if 1 / 1.5 <= r["step_ratio"] <= 1.5)
         pairs = {}
         for r in sub:
@@ -509,6 +576,14 @@ def table(summary: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _all_cell(g: dict) -> str:
+    f = format_number
+    if not g["rows_all_examples"]:
+        return "not yet measured"
+    return (f"{f(g['rmse_best_before_all_examples_pts'])} vs {f(g['rmse_best_before_sample_same_rows_pts'])} "
+            f"({g['rows_all_examples']} rows; time ratio {f(g['median_predict_all_time_ratio'])})")
+
+
 def targets_table(summary: dict, partial: str | None = None) -> list[str]:
     """Markdown: issue #26 §3's targets, split by whether the run learned (gain ≥ 5 points over the better of
     zero-shot and the probe), with the forecasts at 10% and 25% of the run against the curve-extrapolation
@@ -530,6 +605,12 @@ def targets_table(summary: dict, partial: str | None = None) -> list[str]:
     lines += [
         f"| rows | {a['rows']} | {b['rows']} |",
         f"| RMSE of the best metric before training (≤ 3 pts) | {both(lambda g: f(g['rmse_best_before_pts']))} |",
+        f"| the same, kernel on every training example instead of the sample (rows that have it: that RMSE vs the "
+        f"sample's on the same rows; median prediction ÷ run wall time) | "
+        f"{both(lambda g: _all_cell(g))} |",
+        f"| the same, the sample's prediction extrapolated to n_train (power law in n of the distance to the "
+        f"metric's ceiling, from replays on n/4, n/2, n; no extra kernel) | "
+        f"{both(lambda g: f(g['rmse_best_before_extrapolated_pts']) + ' (' + str(g['rows_extrapolated']) + ' rows)' if g['rows_extrapolated'] else 'not yet measured')} |",
         f"| Spearman ≥ 0.8 across a model × task's configurations (≥ 5 of 7 pairs) | "
         f"{both(lambda g: str(g['spearman_ge_0.8_pairs']) + ' of ' + str(g['pairs_with_spearman']))} |",
         f"| best step within ×1.5 (≥ 70%) | {both(lambda g: str(g['best_step_within_1.5x']) + ' of ' + str(g['rows']))} |",
@@ -632,6 +713,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="Run at most this many new configurations, then report.")
     p.add_argument("--report-only", action="store_true", help="Only rebuild the tables and figures from the cache.")
+    p.add_argument("--all-examples", action="store_true",
+                   help="Train nothing: add to cached rows the θ0 prediction with the kernel on every training "
+                        "example (realistic regime; the rows otherwise use a sample), then report.")
     p.add_argument("--refresh-probe", action="store_true",
                    help="Recompute the probe baseline of cached results from before it was taken in eval mode.")
     args = p.parse_args()
@@ -644,7 +728,9 @@ def main() -> None:
     else:
         # Task-major, models interleaved: a partial harness already compares both models on the first tasks.
         plan = [(model, task, conf) for task in tasks for model in models for conf in CONFIGS[model]]
-    if not args.report_only:
+    if args.all_examples:
+        backfill_all_examples(plan, args)
+    elif not args.report_only:
         done = 0
         args.refresh_probe = False  # a one-off repair, done by the final report only
         for model, task, conf in plan:

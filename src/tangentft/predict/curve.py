@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,54 @@ def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss
     return np.asarray(out, dtype=np.float64)
 
 
+SAMPLE_FRACTIONS = (0.25, 0.5)  # the nested sub-samples the sample-size extrapolation replays on
+SAMPLE_DRAWS = 8  # sub-samples drawn per fraction
+MIN_SUBSAMPLE = 16
+
+
+def sample_size_extrapolation(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, n_train: int,
+                              point: tuple[float, float], metric_name: str, seed: int,
+                              j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> dict | None:
+    """The replay's (best, final) metric extrapolated from its kernel sample of n examples to the run's
+    ``n_train``: replays on sub-samples of n/4 and n/2 (without replacement, ``SAMPLE_DRAWS`` each, the run's
+    steps), then a power law in n of the metric's distance to its ceiling (1 − accuracy, 1 − r), the form kernel
+    regression's learning curves take (Bordelon, Canatar & Pehlevan, "Spectrum Dependence of Learning Curves in
+    Kernel Regression and Wide Neural Networks", ICML 2020, arXiv:2002.02561), fitted by least squares in
+    log–log over n/4, n/2 and n (``point``: the full sample's (best, final)) and read at ``n_train``. None when
+    the sample is the whole training set, too small to halve twice, or the metric has no ceiling."""
+    n, K = f0.shape
+    ceiling = metric_range(metric_name)[1]
+    if n >= n_train or int(n * SAMPLE_FRACTIONS[0]) < MIN_SUBSAMPLE or not math.isfinite(ceiling):
+        return None
+    rng = np.random.default_rng(seed)
+    sizes, means = [], []
+    for frac in SAMPLE_FRACTIONS:
+        m = int(n * frac)
+        plan = step_plan(cfg, m)
+        vals = []
+        for _ in range(SAMPLE_DRAWS):
+            idx = np.sort(rng.choice(n, m, replace=False))
+            rows = (idx[:, None] * K + np.arange(K)).ravel()
+            c = simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, plan,
+                         loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay,
+                         pull=cfg.reg, lam=cfg.lam,
+                         j_theta0=None if j_theta0 is None else (j_theta0[0][idx], j_theta0[1]))
+            vals.append((c.best_metric, c.eval_metric[-1]))
+        sizes.append(m)
+        means.append(np.nanmean(np.asarray(vals, dtype=np.float64), axis=0))
+    sizes.append(n)
+    means.append(np.asarray(point, dtype=np.float64))
+    curve = np.asarray(means)
+    out = {"n": sizes, "best_metric": curve[:, 0].tolist(), "final_metric": curve[:, 1].tolist(), "n_train": n_train}
+    for col, name in ((0, "best_metric_at_n_train"), (1, "final_metric_at_n_train")):
+        gap = np.maximum(ceiling - curve[:, col], 1e-6)
+        slope, icpt = np.polyfit(np.log(sizes), np.log(gap), 1)
+        slope = min(float(slope), 0.0)  # a learning curve does not fall with more data: flat at worst
+        at = ceiling - math.exp(icpt + slope * math.log(n_train)) if slope < 0 else float(curve[-1, col])
+        out[name] = float(min(max(at, float(curve[-1, col])), ceiling))
+    return out
+
+
 def centered_interval(draws: np.ndarray, point: float, metric_name: str) -> list[float]:
     """The 2.5–97.5 percentile interval of bootstrap ``draws`` of a metric, moved by the bootstrap's bias estimate
     (``point`` − the draws' median) and kept in the metric's range. A resample with replacement holds about 63%
@@ -167,6 +215,17 @@ class RunKernels:
     seeded_head: bool
     timings: dict
     lora_a_rms: float | None = None
+
+    def subset(self, idx: np.ndarray) -> RunKernels:
+        """The kernels of the training examples ``idx`` (positions in this sample) only: what :func:`run_kernels`
+        returns for that sub-sample, without a model pass."""
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = (idx[:, None] * self.f0.shape[1] + np.arange(self.f0.shape[1])).ravel()
+        probe = ((None, None) if self.kp_train is None
+                 else (self.kp_train[np.ix_(rows, rows)], self.kp_cross[:, rows]))
+        jt = None if self.j_theta0 is None else (self.j_theta0[0][idx], self.j_theta0[1])
+        return replace(self, k_train=self.k_train[np.ix_(rows, rows)], k_cross=self.k_cross[:, rows],
+                       kp_train=probe[0], kp_cross=probe[1], f0=self.f0[idx], y=self.y[idx], j_theta0=jt)
 
 
 def parameterized_model(cfg: TrainConfig, spec, train: list):
@@ -257,6 +316,9 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     boot = bootstrap(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, kind, loss, draws, cfg.seed,
                      rk.j_theta0)
     lo, hi = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
+    at_n_train = sample_size_extrapolation(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, kind, loss,
+                                           rk.n_train, (curve.best_metric, curve.eval_metric[-1]), curve.metric_name,
+                                           cfg.seed, rk.j_theta0)
     width = hi - lo
     n_needed = int(math.ceil(n * (width / TARGET_WIDTH) ** 2)) if width > TARGET_WIDTH else n
     probe = simulate(rk.kp_train, rk.kp_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
@@ -271,8 +333,12 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
             "view is known to be weak when a fresh head is learned (Malladi et al. 2023); this checkpoint has no "
             "LM head, so the prompt-based (label-word) formulation is not available for it")
     if n < rk.n_train:
-        warnings_.append(f"the kernel sample (n={n}) stands in for the {rk.n_train} training examples: the "
-                         "replay revisits it more often than the run revisits its data")
+        more = ("" if at_n_train is None else
+                f" (the replay on n/4, n/2 and n examples extrapolates to {at_n_train['best_metric_at_n_train']:.4g} "
+                f"at {rk.n_train}: `sample_size`)")
+        warnings_.append(f"the kernel sample (n={n}) stands in for the {rk.n_train} training examples: the replay "
+                         "learns from fewer examples than the run, so its eval metric runs low" + more + "; a kernel "
+                         "on every training example (a larger n) removes that, at (n + n_eval)·n kernel cost")
     if cfg.early_stop or cfg.stop_at:
         warnings_.append("early stopping / --stop-at are not replayed: the curve runs to the planned last step")
     a_travel = lora_a_travel(cfg, plan, rk.lora_a_rms)
@@ -301,6 +367,7 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
         "interval": f"2.5–97.5 percentiles of the best metric over {draws} bootstrap resamples of the kernel sample, "
                     "moved by the bootstrap's bias (centered on the prediction)",
         "n_for_2_points": n_needed,
+        "sample_size": at_n_train,
         "kernel": "signgd" if rk.signgd else "entk",
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
