@@ -447,3 +447,18 @@ def test_run_kernels_subset_is_the_kernel_of_that_sample(data_dir):
     for name in ("k_train", "k_cross", "kp_train", "kp_cross", "f0", "f0_eval", "y", "y_eval"):
         assert np.allclose(getattr(part, name), getattr(direct, name), rtol=1e-5, atol=1e-8), name
     assert predict_with(part, cfg, draws=2)["best_metric"] == predict_with(direct, cfg, draws=2)["best_metric"]
+
+
+def test_the_report_shows_the_extrapolation_to_n_train_beside_the_sampled_prediction():
+    from tangentft.predict.against import compare, comparison_markdown
+
+    pred = {"steps": [0, 10], "eval_metric": [0.5, 0.7], "eval_loss": [0.7, 0.6], "best_metric": 0.7, "best_step": 10,
+            "metric_interval": [0.65, 0.75], "metric_name": "accuracy", "kernel": "signgd", "n": 256,
+            "baselines": {"zero_shot": 0.5, "majority": 0.5, "linear_probe": 0.6}}
+    rows = [{"step": 0, "eval_metric": 0.5, "eval_loss": 0.7}, {"step": 10, "eval_metric": 0.78, "eval_loss": 0.5}]
+    plain = comparison_markdown(pred, compare(pred, rows))
+    assert "extrapolated" not in plain
+    pred["sample_size"] = {"n": [64, 128, 256], "best_metric": [0.6, 0.66, 0.7], "final_metric": [0.6, 0.66, 0.7],
+                           "n_train": 1024, "best_metric_at_n_train": 0.77, "final_metric_at_n_train": 0.77}
+    text = comparison_markdown(pred, compare(pred, rows))
+    assert "| predicted, extrapolated from the kernel sample to n_train = 1024 | 0.77 | – |" in text

@@ -78,6 +78,8 @@ def comparison_markdown(prediction: dict, cmp: dict) -> str:
     b = prediction.get("baselines", {})
     lines += ["", f"| | best {name} | best step |", "|---|---|---|",
               f"| predicted | {format_number(cmp['predicted_best'])} | {cmp['predicted_best_step']} |",
+              *([f"| predicted, extrapolated from the kernel sample to n_train = {ss['n_train']} | "
+                 f"{format_number(ss['best_metric_at_n_train'])} | – |"] if (ss := prediction.get("sample_size")) else []),
               f"| real | {format_number(cmp['real_best'])} | {cmp['real_best_step']} |",
               f"| zero-shot | {format_number(b.get('zero_shot'))} | 0 |",
               f"| majority class | {format_number(b.get('majority'))} | – |",
