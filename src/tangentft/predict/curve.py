@@ -113,19 +113,23 @@ def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss
               plan: StepPlan | None = None) -> np.ndarray:
     """(best, final) eval metric of ``draws`` replays of ``plan`` (default: the run's whole plan), each on a
     resample (with replacement) of the kernel sample; shape (draws, 2)."""
-    n, K = f0.shape
+    n = f0.shape[0]
     plan = plan or step_plan(cfg, n)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(draws):
-        idx = np.sort(rng.integers(0, n, n))
-        rows = (idx[:, None] * K + np.arange(K)).ravel()
-        c = simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, plan,
-                     loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay,
-                     pull=cfg.reg, lam=cfg.lam,
-                     j_theta0=None if j_theta0 is None else (j_theta0[0][idx], j_theta0[1]))
+        c = _replay_on(np.sort(rng.integers(0, n, n)), k_train, k_eval, f0, f0e, y, ye, plan, cfg, kind, loss, j_theta0)
         out.append((c.best_metric, c.eval_metric[-1]))
     return np.asarray(out, dtype=np.float64)
+
+
+def _replay_on(idx: np.ndarray, k_train, k_eval, f0, f0e, y, ye, plan: StepPlan, cfg: TrainConfig, kind: str,
+               loss: str, j_theta0: tuple[np.ndarray, np.ndarray] | None):
+    """The replay of ``plan`` on the training examples ``idx`` of the kernel sample (repeats allowed)."""
+    rows = (idx[:, None] * f0.shape[1] + np.arange(f0.shape[1])).ravel()
+    return simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, plan,
+                    loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay,
+                    pull=cfg.reg, lam=cfg.lam, j_theta0=None if j_theta0 is None else (j_theta0[0][idx], j_theta0[1]))
 
 
 SAMPLE_FRACTIONS = (0.25, 0.5)  # the nested sub-samples the sample-size extrapolation replays on
@@ -143,7 +147,7 @@ def sample_size_extrapolation(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig,
     Kernel Regression and Wide Neural Networks", ICML 2020, arXiv:2002.02561), fitted by least squares in
     log–log over n/4, n/2 and n (``point``: the full sample's (best, final)) and read at ``n_train``. None when
     the sample is the whole training set, too small to halve twice, or the metric has no ceiling."""
-    n, K = f0.shape
+    n = f0.shape[0]
     ceiling = metric_range(metric_name)[1]
     if n >= n_train or int(n * SAMPLE_FRACTIONS[0]) < MIN_SUBSAMPLE or not math.isfinite(ceiling):
         return None
@@ -154,12 +158,8 @@ def sample_size_extrapolation(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig,
         plan = step_plan(cfg, m)
         vals = []
         for _ in range(SAMPLE_DRAWS):
-            idx = np.sort(rng.choice(n, m, replace=False))
-            rows = (idx[:, None] * K + np.arange(K)).ravel()
-            c = simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, plan,
-                         loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay,
-                         pull=cfg.reg, lam=cfg.lam,
-                         j_theta0=None if j_theta0 is None else (j_theta0[0][idx], j_theta0[1]))
+            c = _replay_on(np.sort(rng.choice(n, m, replace=False)), k_train, k_eval, f0, f0e, y, ye, plan, cfg,
+                           kind, loss, j_theta0)
             vals.append((c.best_metric, c.eval_metric[-1]))
         sizes.append(m)
         means.append(np.nanmean(np.asarray(vals, dtype=np.float64), axis=0))
