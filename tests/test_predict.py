@@ -462,3 +462,4 @@ def test_the_report_shows_the_extrapolation_to_n_train_beside_the_sampled_predic
                            "n_train": 1024, "best_metric_at_n_train": 0.77, "final_metric_at_n_train": 0.77}
     text = comparison_markdown(pred, compare(pred, rows))
     assert "| predicted, extrapolated from the kernel sample to n_train = 1024 | 0.77 | – |" in text
+    assert compare(pred, rows)["predicted_best_at_n_train"] == 0.77

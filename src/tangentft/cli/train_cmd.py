@@ -216,5 +216,7 @@ def _print_summary(cfg: TrainConfig, out_dir: Path, summary: dict) -> None:
     )
     cmp = summary.get("prediction")
     if cmp and cmp.get("steps"):
-        console.print(f"predicted best {format_number(cmp['predicted_best'])} (step {cmp['predicted_best_step']}), real "
-                      f"{format_number(cmp['real_best'])} (step {cmp['real_best_step']}); see {out_dir}/summary.md")
+        at_n = cmp.get("predicted_best_at_n_train")
+        more = "" if at_n is None else f", extrapolated to all training examples {format_number(at_n)}"
+        console.print(f"predicted best {format_number(cmp['predicted_best'])} (step {cmp['predicted_best_step']}){more}, "
+                      f"real {format_number(cmp['real_best'])} (step {cmp['real_best_step']}); see {out_dir}/summary.md")

@@ -46,6 +46,7 @@ def compare(prediction: dict, rows: list[dict]) -> dict:
         "predicted_loss": [pl[s] for s in steps],
         "real_loss": [real[s]["eval_loss"] for s in steps],
         "predicted_best": prediction["best_metric"],
+        "predicted_best_at_n_train": (prediction.get("sample_size") or {}).get("best_metric_at_n_train"),
         "real_best": real_best,
         "best_error": err,
         "predicted_best_step": prediction["best_step"],
