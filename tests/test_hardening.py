@@ -413,7 +413,7 @@ def test_checking_an_out_folder_creates_nothing(tmp_path, monkeypatch):
 # -- round two (issue 25): runs lost ---------------------------------------------------------------------------------
 # What a running ``train`` does to its folder (tangentft.io.folder_lock), without importing torch.
 HOLD = ("import fcntl, os, sys, time\nfd = os.open(sys.argv[1] + '/.tangentft.lock', os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, b'%d\\n' % os.getpid())\nprint('held', flush=True)\ntime.sleep(60)")
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.ftruncate(fd, 0)\nos.write(fd, b'%d\\n' % os.getpid())\nprint('held', flush=True)\ntime.sleep(60)")
 
 
 @pytest.fixture
@@ -772,3 +772,26 @@ def test_a_split_name_that_is_no_file_is_named(tmp_path, kind):
     else:
         (task / "train.tsv").mkdir()
         refused(cli("data", "inspect", task), f"{task / 'train.tsv'} is a folder, not a split file")
+
+
+def test_the_holder_named_is_the_first_line_of_the_lock_file(tmp_path):
+    """A lock file once written by a longer pid keeps its tail when a shorter pid is written over it without a
+    truncate: the error names the pid on the first line, on one line."""
+    import subprocess
+    import sys
+
+    from tangentft.errors import TangentError
+    from tangentft.io import LOCK, folder_lock
+
+    script = ("import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\nos.pwrite(fd, b'777\\n12345\\n', 0)\nprint('held', flush=True)\n"
+              "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(TangentError) as err, folder_lock(tmp_path):
+            pass
+        assert "(pid 777);" in err.value.message and "\n" not in err.value.message
+    finally:
+        proc.kill()
+        proc.wait()

@@ -170,7 +170,8 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            # The first line only: a holder that wrote a shorter pid over a longer one leaves the old tail behind.
+            holder = (os.pread(fd, 32, 0).decode("ascii", "replace").split() or ["unknown"])[0]
             raise TangentError(f"{folder} is in use by another tangentft process (pid {holder}); wait for it to end "
                                "or choose another folder") from None
         except OSError as exc:
