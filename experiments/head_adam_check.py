@@ -27,7 +27,7 @@ import torch
 
 from tangentft.analysis import baselines
 from tangentft.analysis.dynamics import ADAM_BETAS, StepPlan, loss_and_grad, simulate
-from tangentft.data.sampling import sample_n
+from tangentft.data.sampling import sample_indices
 from tangentft.io import write_json
 from tangentft.predict.curve import parameterized_model, step_plan
 from tangentft.train.loop import TrainConfig, split_data
@@ -75,8 +75,7 @@ def check(task: str) -> dict:
     f0, f0e = f0.double().numpy(), f0e.double().numpy()
     y, ye = tm.targets(data.train).double().numpy(), tm.targets(data.eval).double().numpy()
     w0, b0 = tm.head.weight.detach().double().numpy(), tm.head.bias.detach().double().numpy()
-    position = {id(e): i for i, e in enumerate(data.train)}
-    sample = np.asarray([position[id(e)] for e in sample_n(data.train, SAMPLE, cfg.seed)])
+    sample = sample_indices(len(data.train), SAMPLE, cfg.seed)
     every = np.arange(len(data.train))
     curves = {}
     for label, rows in (("all", every), ("sample", sample)):

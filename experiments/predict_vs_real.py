@@ -193,19 +193,15 @@ def predict_all_examples(model: str, task: str, conf: tuple, sizes: dict, args) 
     sub-block, the sample's own prediction with its sample-size extrapolation to n_train
     (:func:`tangentft.predict.curve.sample_size_extrapolation`), which costs no more than the sample's kernel.
     No training: the real curve is the row's. Stored under the row's ``prediction_all``."""
-    from tangentft.data.sampling import sample_n
+    from tangentft.data.sampling import sample_indices
     from tangentft.predict.curve import predict_with, run_kernels
-    from tangentft.train.loop import split_data
 
     cfg = train_config(model, task, conf, sizes, args)
     t = time.perf_counter()
     rk = run_kernels(cfg, n=sizes["n_train"])
     pred = predict_with(rk, cfg)
     wall = time.perf_counter() - t
-    train = split_data(cfg.load_task(), cfg).train
-    position = {id(e): i for i, e in enumerate(train)}
-    sample = [position[id(e)] for e in sample_n(train, sizes["kernel_n"], cfg.seed)]
-    from_sample = predict_with(rk.subset(sample), cfg)
+    from_sample = predict_with(rk.subset(sample_indices(rk.n_train, sizes["kernel_n"], cfg.seed)), cfg)
     keep = ("steps", "eval_metric", "metric_name", "best_step", "best_metric", "metric_interval", "n", "baselines",
             "timings")
     return {**{k: pred[k] for k in keep}, "wall_s": wall,

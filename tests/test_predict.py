@@ -397,7 +397,9 @@ def test_sample_size_extrapolation_closes_most_of_the_gap_to_the_whole_training_
     """A replay on a sample of n of the N training examples learns from fewer examples than the run, so it ends
     low; extrapolated from sub-samples (n/4, n/2, n) to N, it lands near the replay on all N (here a linear
     classifier's kernel, SGD: the replay is exact, so the whole-set replay is the truth for this model)."""
-    from tangentft.predict.curve import sample_size_extrapolation
+    from dataclasses import replace
+
+    from tangentft.predict.curve import RunKernels, sample_size_extrapolation
 
     rng = np.random.default_rng(0)
     d, big, m = 30, 512, 2000
@@ -420,29 +422,28 @@ def test_sample_size_extrapolation_closes_most_of_the_gap_to_the_whole_training_
     xs, ys = x[:n], y[:n]
     args = (kernel(xs, xs), kernel(xe, xs), np.zeros((n, 2)), np.zeros((m, 2)), ys, ye)
     sample = simulate(*args, step_plan(cfg, n), **kw)
-    ext = sample_size_extrapolation(*args, cfg, "classification", "ce", big, (sample.best_metric,
-                                    sample.eval_metric[-1]), "accuracy", 0)
+    rk = RunKernels(k_train=args[0], k_cross=args[1], kp_train=None, kp_cross=None, f0=args[2], f0_eval=args[3],
+                    y=ys, y_eval=ye, j_theta0=None, kind="classification", signgd=False, n_train=big, selection={},
+                    seeded_head=False, timings={})
+    ext = sample_size_extrapolation(rk, cfg, "ce", (sample.best_metric, sample.eval_metric[-1]), "accuracy", 0)
     assert ext["n"] == [32, 64, 128] and ext["best_metric"][-1] == sample.best_metric
     assert ext["best_metric"][0] < ext["best_metric"][1] < ext["best_metric"][2]  # more data, better replay
     assert sample.best_metric < ext["best_metric_at_n_train"] <= 1.0
     assert abs(ext["best_metric_at_n_train"] - truth) < 0.3 * abs(sample.best_metric - truth)
-    assert sample_size_extrapolation(*args, cfg, "classification", "ce", n, (0.8, 0.8), "accuracy", 0) is None
+    assert sample_size_extrapolation(replace(rk, n_train=n), cfg, "ce", (0.8, 0.8), "accuracy", 0) is None
 
 
 def test_run_kernels_subset_is_the_kernel_of_that_sample(data_dir):
     """The harness predicts from a sample and from every training example with one kernel pass: the sample's
     block of the whole set's kernels is what ``run_kernels`` computes on that sample."""
-    from tangentft.data.sampling import sample_n
+    from tangentft.data.sampling import sample_indices
     from tangentft.predict.curve import predict_with, run_kernels
-    from tangentft.train.loop import split_data
 
     cfg = TrainConfig(model="tiny-llama", task=str(data_dir / "sst2"), method="lora", optimizer="adamw",
                       method_options={"params": "lora(r=2):q,v@0"}, n_train=16, n_eval=8, max_steps=4,
                       batch_size=4, lr=1e-3, seed=0)
     whole = run_kernels(cfg, n=16)
-    train = split_data(cfg.load_task(), cfg).train
-    position = {id(e): i for i, e in enumerate(train)}
-    part = whole.subset([position[id(e)] for e in sample_n(train, 8, cfg.seed)])
+    part = whole.subset(sample_indices(whole.n_train, 8, cfg.seed))
     direct = run_kernels(cfg, n=8)
     for name in ("k_train", "k_cross", "kp_train", "kp_cross", "f0", "f0_eval", "y", "y_eval"):
         assert np.allclose(getattr(part, name), getattr(direct, name), rtol=1e-5, atol=1e-8), name

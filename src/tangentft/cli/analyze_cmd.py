@@ -15,6 +15,7 @@ from .common import (
     console,
     device_option,
     dtype_option,
+    extrapolation_note,
     friendly,
     nproc_option,
     progress_by_stage,
@@ -141,8 +142,6 @@ def _against(run_dir: Path, out: Path | None, n: int) -> None:
         raise TangentError("analyze --against needs --out")
     with progress_by_stage() as update:
         pred, cmp = predict_against(run_dir, out, n=n, progress=update)
-    at_n = cmp.get("predicted_best_at_n_train")
-    more = "" if at_n is None else f", extrapolated to all training examples {format_number(at_n)}"
     console.print(f"predicted best {pred['metric_name']} {format_number(cmp.get('predicted_best'))} (step "
-                  f"{cmp.get('predicted_best_step')}){more}, real {format_number(cmp.get('real_best'))} (step "
+                  f"{cmp.get('predicted_best_step')}){extrapolation_note(cmp)}, real {format_number(cmp.get('real_best'))} (step "
                   f"{cmp.get('real_best_step')}); report: {out / 'against.md'}")

@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from ..errors import TangentError
+from ..io import format_number
 
 console = Console()
 err_console = Console(stderr=True)
@@ -190,6 +191,12 @@ def relaunch(ctx: typer.Context, nproc: int) -> bool:
         failed = ", ".join(f"rank {r} exit code {f.exitcode}" for r, f in sorted(exc.failures.items()))
         raise TangentError(f"{nproc}-process run failed: {failed} (the rank's own error is printed above)") from None
     return True
+
+
+def extrapolation_note(cmp: dict) -> str:
+    """", extrapolated to all training examples X" after a sampled prediction's best, or "" without one."""
+    at_n = cmp.get("predicted_best_at_n_train")
+    return "" if at_n is None else f", extrapolated to all training examples {format_number(at_n)}"
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -18,6 +18,7 @@ from ..train.config import TrainConfig
 from .common import (
     console,
     err_console,
+    extrapolation_note,
     friendly,
     nproc_option,
     progress_by_stage,
@@ -216,7 +217,6 @@ def _print_summary(cfg: TrainConfig, out_dir: Path, summary: dict) -> None:
     )
     cmp = summary.get("prediction")
     if cmp and cmp.get("steps"):
-        at_n = cmp.get("predicted_best_at_n_train")
-        more = "" if at_n is None else f", extrapolated to all training examples {format_number(at_n)}"
-        console.print(f"predicted best {format_number(cmp['predicted_best'])} (step {cmp['predicted_best_step']}){more}, "
-                      f"real {format_number(cmp['real_best'])} (step {cmp['real_best_step']}); see {out_dir}/summary.md")
+        console.print(f"predicted best {format_number(cmp['predicted_best'])} (step {cmp['predicted_best_step']})"
+                      f"{extrapolation_note(cmp)}, real {format_number(cmp['real_best'])} (step "
+                      f"{cmp['real_best_step']}); see {out_dir}/summary.md")

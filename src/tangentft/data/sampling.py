@@ -38,16 +38,19 @@ def _class_index(examples: list[Example], what: str) -> dict[int, list[int]]:
     return groups
 
 
-def sample_n(examples: list[Example], n: int, seed: int) -> list[Example]:
-    """``n`` distinct examples drawn uniformly without replacement, in their original order."""
-    total = len(examples)
+def sample_indices(total: int, n: int, seed: int) -> np.ndarray:
+    """The sorted positions, among ``total`` examples, of the ``n`` that :func:`sample_n` draws with ``seed``."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise TangentError(f"sample size n must be a positive integer, got {n!r}")
     if n > total:
         raise TangentError(f"cannot sample n={n} examples from only {total}")
     # A full permutation (not rng.choice) so smaller n with the same seed gives a prefix of larger n.
-    chosen = _rng(seed).permutation(total)[:n]
-    return [examples[i] for i in np.sort(chosen)]
+    return np.sort(_rng(seed).permutation(total)[:n])
+
+
+def sample_n(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """``n`` distinct examples drawn uniformly without replacement, in their original order."""
+    return [examples[i] for i in sample_indices(len(examples), n, seed)]
 
 
 def sample_per_class(

@@ -108,28 +108,27 @@ def lora_a_travel(cfg: TrainConfig, plan: StepPlan, a_rms: float | None) -> floa
     return float(sum(plan.lrs)) / a_rms
 
 
-def bootstrap(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, draws: int,
-              seed: int, j_theta0: tuple[np.ndarray, np.ndarray] | None = None,
+def replay(rk: RunKernels, cfg: TrainConfig, plan: StepPlan, loss: str, *, probe: bool = False):
+    """The replay of ``plan`` (:func:`tangentft.analysis.dynamics.simulate`) on the kernels and outputs of ``rk``
+    under the run's optimizer, weight decay and pull; ``probe`` replays the linear probe's kernels instead."""
+    k_train, k_eval = (rk.kp_train, rk.kp_cross) if probe else (rk.k_train, rk.k_cross)
+    return simulate(k_train, k_eval, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, loss=loss, optimizer=cfg.optimizer,
+                    task_kind=rk.kind, weight_decay=cfg.weight_decay, pull=cfg.reg, lam=cfg.lam, j_theta0=rk.j_theta0)
+
+
+def bootstrap(rk: RunKernels, cfg: TrainConfig, loss: str, draws: int, seed: int,
               plan: StepPlan | None = None) -> np.ndarray:
     """(best, final) eval metric of ``draws`` replays of ``plan`` (default: the run's whole plan), each on a
     resample (with replacement) of the kernel sample; shape (draws, 2)."""
-    n = f0.shape[0]
+    n = rk.f0.shape[0]
     plan = plan or step_plan(cfg, n)
     rng = np.random.default_rng(seed)
+    core = rk.without_probe()
     out = []
     for _ in range(draws):
-        c = _replay_on(np.sort(rng.integers(0, n, n)), k_train, k_eval, f0, f0e, y, ye, plan, cfg, kind, loss, j_theta0)
+        c = replay(core.subset(np.sort(rng.integers(0, n, n))), cfg, plan, loss)
         out.append((c.best_metric, c.eval_metric[-1]))
     return np.asarray(out, dtype=np.float64)
-
-
-def _replay_on(idx: np.ndarray, k_train, k_eval, f0, f0e, y, ye, plan: StepPlan, cfg: TrainConfig, kind: str,
-               loss: str, j_theta0: tuple[np.ndarray, np.ndarray] | None):
-    """The replay of ``plan`` on the training examples ``idx`` of the kernel sample (repeats allowed)."""
-    rows = (idx[:, None] * f0.shape[1] + np.arange(f0.shape[1])).ravel()
-    return simulate(k_train[np.ix_(rows, rows)], k_eval[:, rows], f0[idx], f0e, y[idx], ye, plan,
-                    loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay,
-                    pull=cfg.reg, lam=cfg.lam, j_theta0=None if j_theta0 is None else (j_theta0[0][idx], j_theta0[1]))
 
 
 SAMPLE_FRACTIONS = (0.25, 0.5)  # the nested sub-samples the sample-size extrapolation replays on
@@ -137,29 +136,28 @@ SAMPLE_DRAWS = 8  # sub-samples drawn per fraction
 MIN_SUBSAMPLE = 16
 
 
-def sample_size_extrapolation(k_train, k_eval, f0, f0e, y, ye, cfg: TrainConfig, kind: str, loss: str, n_train: int,
-                              point: tuple[float, float], metric_name: str, seed: int,
-                              j_theta0: tuple[np.ndarray, np.ndarray] | None = None) -> dict | None:
+def sample_size_extrapolation(rk: RunKernels, cfg: TrainConfig, loss: str, point: tuple[float, float],
+                              metric_name: str, seed: int) -> dict | None:
     """The replay's (best, final) metric extrapolated from its kernel sample of n examples to the run's
-    ``n_train``: replays on sub-samples of n/4 and n/2 (without replacement, ``SAMPLE_DRAWS`` each, the run's
+    ``rk.n_train``: replays on sub-samples of n/4 and n/2 (without replacement, ``SAMPLE_DRAWS`` each, the run's
     steps), then a power law in n of the metric's distance to its ceiling (1 − accuracy, 1 − r), the form kernel
     regression's learning curves take (Bordelon, Canatar & Pehlevan, "Spectrum Dependence of Learning Curves in
     Kernel Regression and Wide Neural Networks", ICML 2020, arXiv:2002.02561), fitted by least squares in
-    log–log over n/4, n/2 and n (``point``: the full sample's (best, final)) and read at ``n_train``. None when
+    log–log over n/4, n/2 and n (``point``: the full sample's (best, final)) and read at n_train. None when
     the sample is the whole training set, too small to halve twice, or the metric has no ceiling."""
-    n = f0.shape[0]
+    n, n_train = rk.f0.shape[0], rk.n_train
     ceiling = metric_range(metric_name)[1]
     if n >= n_train or int(n * SAMPLE_FRACTIONS[0]) < MIN_SUBSAMPLE or not math.isfinite(ceiling):
         return None
     rng = np.random.default_rng(seed)
+    core = rk.without_probe()
     sizes, means = [], []
     for frac in SAMPLE_FRACTIONS:
         m = int(n * frac)
         plan = step_plan(cfg, m)
         vals = []
         for _ in range(SAMPLE_DRAWS):
-            c = _replay_on(np.sort(rng.choice(n, m, replace=False)), k_train, k_eval, f0, f0e, y, ye, plan, cfg,
-                           kind, loss, j_theta0)
+            c = replay(core.subset(np.sort(rng.choice(n, m, replace=False))), cfg, plan, loss)
             vals.append((c.best_metric, c.eval_metric[-1]))
         sizes.append(m)
         means.append(np.nanmean(np.asarray(vals, dtype=np.float64), axis=0))
@@ -226,6 +224,10 @@ class RunKernels:
         jt = None if self.j_theta0 is None else (self.j_theta0[0][idx], self.j_theta0[1])
         return replace(self, k_train=self.k_train[np.ix_(rows, rows)], k_cross=self.k_cross[:, rows],
                        kp_train=probe[0], kp_cross=probe[1], f0=self.f0[idx], y=self.y[idx], j_theta0=jt)
+
+    def without_probe(self) -> RunKernels:
+        """The same kernels without the probe's (what a resample replays: no copies of the probe's blocks)."""
+        return replace(self, kp_train=None, kp_cross=None)
 
 
 def parameterized_model(cfg: TrainConfig, spec, train: list):
@@ -310,18 +312,14 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     kind = rk.kind
     loss = cfg.loss or ("mse" if kind == "regression" else "ce")
     plan = step_plan(cfg, n)
-    kw = dict(loss=loss, optimizer=cfg.optimizer, task_kind=kind, weight_decay=cfg.weight_decay, pull=cfg.reg,
-              lam=cfg.lam, j_theta0=rk.j_theta0)
-    curve = simulate(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
-    boot = bootstrap(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, kind, loss, draws, cfg.seed,
-                     rk.j_theta0)
+    curve = replay(rk, cfg, plan, loss)
+    boot = bootstrap(rk, cfg, loss, draws, cfg.seed)
     lo, hi = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
-    at_n_train = sample_size_extrapolation(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, kind, loss,
-                                           rk.n_train, (curve.best_metric, curve.eval_metric[-1]), curve.metric_name,
-                                           cfg.seed, rk.j_theta0)
+    at_n_train = sample_size_extrapolation(rk, cfg, loss, (curve.best_metric, curve.eval_metric[-1]),
+                                           curve.metric_name, cfg.seed)
     width = hi - lo
     n_needed = int(math.ceil(n * (width / TARGET_WIDTH) ** 2)) if width > TARGET_WIDTH else n
-    probe = simulate(rk.kp_train, rk.kp_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
+    probe = replay(rk, cfg, plan, loss, probe=True)
     zs = baselines.zero_shot_metric(rk.f0_eval, rk.y_eval, kind)[1]
     maj = baselines.majority_metric(rk.y, rk.y_eval, kind)[1]
     t_sim = time.perf_counter() - t

@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..analysis.dynamics import loss_and_grad, metric, simulate
+from ..analysis.dynamics import loss_and_grad, metric
 from ..errors import TangentError
 from ..train.config import TrainConfig
-from .curve import RunKernels, bootstrap, centered_interval, remaining_plan, run_kernels, step_plan
+from .curve import RunKernels, bootstrap, centered_interval, remaining_plan, replay, run_kernels, step_plan
 
 
 def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
@@ -38,8 +38,6 @@ def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 1
     n = rk.f0.shape[0]
     loss = cfg.loss or ("mse" if rk.kind == "regression" else "ce")
     plan = remaining_plan(step_plan(cfg, n), step)
-    kw = dict(loss=loss, optimizer=cfg.optimizer, task_kind=rk.kind, weight_decay=cfg.weight_decay, pull=cfg.reg,
-              lam=cfg.lam, j_theta0=rk.j_theta0)
     if plan is None:  # the run's last step: nothing left to replay, the forecast is f_t itself
         labels = rk.y_eval.argmax(axis=1) if rk.kind == "classification" else None
         name, value = metric(rk.f0_eval, rk.y_eval, labels, rk.kind)
@@ -47,9 +45,8 @@ def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 1
         return {"step": step, "steps": [step], "eval_loss": [ell], "eval_metric": [value], "metric_name": name,
                 "best_metric": value, "best_step": step, "final_metric": value,
                 "metric_interval": [value, value], "final_interval": [value, value], "n": n}
-    curve = simulate(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, plan, **kw)
-    boot = bootstrap(rk.k_train, rk.k_cross, rk.f0, rk.f0_eval, rk.y, rk.y_eval, cfg, rk.kind, loss, draws,
-                     cfg.seed, rk.j_theta0, plan=plan)
+    curve = replay(rk, cfg, plan, loss)
+    boot = bootstrap(rk, cfg, loss, draws, cfg.seed, plan=plan)
     best_interval = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
     final_interval = centered_interval(boot[:, 1], curve.eval_metric[-1], curve.metric_name)
     return {"step": step, "steps": [step + s for s in curve.steps], "eval_loss": curve.eval_loss,
