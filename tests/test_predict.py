@@ -12,7 +12,7 @@ from tangentft.analysis.dynamics import StepPlan, simulate
 from tangentft.errors import TangentError
 from tangentft.methods.base import get_method
 from tangentft.ntk import empirical_ntk_pair
-from tangentft.predict.curve import j_theta0, step_plan
+from tangentft.predict.curve import j_theta0, remaining_plan, step_plan
 from tangentft.train.config import TrainConfig
 from tangentft.train.loop import TrainData, Trainer
 
@@ -416,8 +416,9 @@ def test_sample_size_extrapolation_closes_most_of_the_gap_to_the_whole_training_
     cfg = TrainConfig(model="tiny-llama", task="x", method="head", optimizer="sgd", lr=0.5, max_steps=200,
                       batch_size=16, seed=0)
     kw = dict(loss="ce", optimizer="sgd", task_kind="classification")
-    truth = simulate(kernel(x, x), kernel(xe, x), np.zeros((big, 2)), np.zeros((m, 2)), y, ye, step_plan(cfg, big),
-                     **kw).best_metric
+    whole = simulate(kernel(x, x), kernel(xe, x), np.zeros((big, 2)), np.zeros((m, 2)), y, ye, step_plan(cfg, big),
+                     **kw)
+    truth = whole.best_metric
     n = 128
     xs, ys = x[:n], y[:n]
     args = (kernel(xs, xs), kernel(xe, xs), np.zeros((n, 2)), np.zeros((m, 2)), ys, ye)
@@ -425,12 +426,31 @@ def test_sample_size_extrapolation_closes_most_of_the_gap_to_the_whole_training_
     rk = RunKernels(k_train=args[0], k_cross=args[1], kp_train=None, kp_cross=None, f0=args[2], f0_eval=args[3],
                     y=ys, y_eval=ye, j_theta0=None, kind="classification", signgd=False, n_train=big, selection={},
                     seeded_head=False, timings={})
-    ext = sample_size_extrapolation(rk, cfg, "ce", (sample.best_metric, sample.eval_metric[-1]), "accuracy", 0)
+    ext = sample_size_extrapolation(rk, cfg, "ce", sample.eval_metric, "accuracy", 0)
     assert ext["n"] == [32, 64, 128] and ext["best_metric"][-1] == sample.best_metric
     assert ext["best_metric"][0] < ext["best_metric"][1] < ext["best_metric"][2]  # more data, better replay
     assert sample.best_metric < ext["best_metric_at_n_train"] <= 1.0
     assert abs(ext["best_metric_at_n_train"] - truth) < 0.3 * abs(sample.best_metric - truth)
-    assert sample_size_extrapolation(replace(rk, n_train=n), cfg, "ce", (0.8, 0.8), "accuracy", 0) is None
+    # The whole curve, step by step: never below the sample's, nearer the whole set's replay than the sample's.
+    at, own, real = (np.asarray(v) for v in (ext["eval_metric"], sample.eval_metric, whole.eval_metric))
+    assert at.shape == own.shape and (at >= own).all() and ext["best_metric_at_n_train"] == at.max()
+    assert np.abs(at - real)[1:].mean() < 0.5 * np.abs(own - real)[1:].mean()
+    assert sample_size_extrapolation(replace(rk, n_train=n), cfg, "ce", sample.eval_metric, "accuracy", 0) is None
+    # From a step inside the run (a refresh): only the steps left are replayed.
+    later = simulate(*args, remaining_plan(step_plan(cfg, n), 100), **kw)
+    part = sample_size_extrapolation(rk, cfg, "ce", later.eval_metric, "accuracy", 0, start=100)
+    assert len(part["eval_metric"]) == len(later.eval_metric) < len(sample.eval_metric)
+
+
+def test_the_interval_reaches_the_extrapolation_to_n_train():
+    """The bootstrap interval is the sample's spread; the run learns from n_train examples, so the interval keeps
+    the sample's lower bound and reaches as far above the extrapolated value as it reached above the sample's."""
+    from tangentft.predict.curve import interval_to_n_train
+
+    assert interval_to_n_train([0.70, 0.76], 0.74, None, "accuracy") == [0.70, 0.76]
+    assert interval_to_n_train([0.70, 0.76], 0.74, 0.80, "accuracy") == pytest.approx([0.70, 0.82])
+    assert interval_to_n_train([0.70, 0.76], 0.74, 0.74, "accuracy") == pytest.approx([0.70, 0.76])
+    assert interval_to_n_train([0.90, 0.99], 0.95, 0.99, "accuracy")[1] == 1.0  # accuracy ends at 1
 
 
 def test_run_kernels_subset_is_the_kernel_of_that_sample(data_dir):

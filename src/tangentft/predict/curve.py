@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -136,42 +136,58 @@ SAMPLE_DRAWS = 8  # sub-samples drawn per fraction
 MIN_SUBSAMPLE = 16
 
 
-def sample_size_extrapolation(rk: RunKernels, cfg: TrainConfig, loss: str, point: tuple[float, float],
-                              metric_name: str, seed: int) -> dict | None:
-    """The replay's (best, final) metric extrapolated from its kernel sample of n examples to the run's
-    ``rk.n_train``: replays on sub-samples of n/4 and n/2 (without replacement, ``SAMPLE_DRAWS`` each, the run's
-    steps), then a power law in n of the metric's distance to its ceiling (1 − accuracy, 1 − r), the form kernel
+def sample_size_extrapolation(rk: RunKernels, cfg: TrainConfig, loss: str, curve: Sequence[float],
+                              metric_name: str, seed: int, *, start: int = 0) -> dict | None:
+    """The replayed eval curve ``curve`` (eval metric at the replay's eval steps, on the kernel sample of n
+    examples) extrapolated to the run's ``rk.n_train`` examples: replays of the same steps (``start`` on, as a
+    refresh replays them) on sub-samples of n/4 and n/2 (without replacement, ``SAMPLE_DRAWS`` each), then at every
+    eval step a power law in n of the metric's distance to its ceiling (1 − accuracy, 1 − r), the form kernel
     regression's learning curves take (Bordelon, Canatar & Pehlevan, "Spectrum Dependence of Learning Curves in
-    Kernel Regression and Wide Neural Networks", ICML 2020, arXiv:2002.02561), fitted by least squares in
-    log–log over n/4, n/2 and n (``point``: the full sample's (best, final)) and read at n_train. None when
-    the sample is the whole training set, too small to halve twice, or the metric has no ceiling."""
+    Kernel Regression and Wide Neural Networks", ICML 2020, arXiv:2002.02561), fitted by least squares in log–log
+    over n/4, n/2 and n and read at n_train. Returns the mean sub-sample curves (``eval_metric_by_n``), the curve at
+    n_train (``eval_metric``) and its best and final value; None when the sample is the whole training set, too
+    small to halve twice, or the metric has no ceiling."""
     n, n_train = rk.f0.shape[0], rk.n_train
     ceiling = metric_range(metric_name)[1]
     if n >= n_train or int(n * SAMPLE_FRACTIONS[0]) < MIN_SUBSAMPLE or not math.isfinite(ceiling):
         return None
     rng = np.random.default_rng(seed)
     core = rk.without_probe()
-    sizes, means = [], []
+    sizes, curves = [], []
     for frac in SAMPLE_FRACTIONS:
         m = int(n * frac)
-        plan = step_plan(cfg, m)
-        vals = []
-        for _ in range(SAMPLE_DRAWS):
-            c = replay(core.subset(np.sort(rng.choice(n, m, replace=False))), cfg, plan, loss)
-            vals.append((c.best_metric, c.eval_metric[-1]))
+        plan = remaining_plan(step_plan(cfg, m), start)
+        draws = [replay(core.subset(np.sort(rng.choice(n, m, replace=False))), cfg, plan, loss).eval_metric
+                 for _ in range(SAMPLE_DRAWS)]
         sizes.append(m)
-        means.append(np.nanmean(np.asarray(vals, dtype=np.float64), axis=0))
+        curves.append(np.nanmean(np.asarray(draws, dtype=np.float64), axis=0))
     sizes.append(n)
-    means.append(np.asarray(point, dtype=np.float64))
-    curve = np.asarray(means)
-    out = {"n": sizes, "best_metric": curve[:, 0].tolist(), "final_metric": curve[:, 1].tolist(), "n_train": n_train}
-    for col, name in ((0, "best_metric_at_n_train"), (1, "final_metric_at_n_train")):
-        gap = np.maximum(ceiling - curve[:, col], 1e-6)
-        slope, icpt = np.polyfit(np.log(sizes), np.log(gap), 1)
-        slope = min(float(slope), 0.0)  # a learning curve does not fall with more data: flat at worst
-        at = ceiling - math.exp(icpt + slope * math.log(n_train)) if slope < 0 else float(curve[-1, col])
-        out[name] = float(min(max(at, float(curve[-1, col])), ceiling))
-    return out
+    curves.append(np.asarray(curve, dtype=np.float64))
+    by_n = np.asarray(curves)  # (sizes, eval steps)
+    gap = np.maximum(ceiling - by_n, 1e-6)
+    slope, icpt = np.polyfit(np.log(sizes), np.log(gap), 1)  # one fit per eval step (the columns)
+    slope = np.minimum(slope, 0.0)  # a learning curve does not fall with more data: flat at worst
+    at = ceiling - np.exp(icpt + slope * math.log(n_train))
+    at = np.where(slope < 0, at, by_n[-1])
+    at = np.clip(np.maximum(at, by_n[-1]), None, ceiling)
+    return {"n": sizes, "n_train": n_train, "eval_metric_by_n": by_n.tolist(),
+            "best_metric": by_n.max(axis=1).tolist(), "final_metric": by_n[:, -1].tolist(),
+            "eval_metric": at.tolist(), "best_metric_at_n_train": float(at.max()),
+            "final_metric_at_n_train": float(at[-1])}
+
+
+def interval_to_n_train(interval: Sequence[float], point: float, at_n_train: float | None,
+                        metric_name: str) -> list[float]:
+    """A bootstrap ``interval`` of a value replayed on the kernel sample (``point``), widened to hold that value
+    at the run's n_train examples too (:func:`sample_size_extrapolation`'s ``at_n_train``): from the sample's lower
+    bound to the extrapolation's upper one (the same spread above it). The sample's replay learns from fewer
+    examples than the run and runs low, the power-law extrapolation can overshoot: the run's value is bracketed
+    by the two, not centered on either."""
+    lo, hi = float(interval[0]), float(interval[1])
+    if at_n_train is None:
+        return [lo, hi]
+    top = metric_range(metric_name)[1]
+    return [lo, float(min(max(hi, at_n_train + max(hi - point, 0.0)), top))]
 
 
 def centered_interval(draws: np.ndarray, point: float, metric_name: str) -> list[float]:
@@ -315,9 +331,10 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     curve = replay(rk, cfg, plan, loss)
     boot = bootstrap(rk, cfg, loss, draws, cfg.seed)
     lo, hi = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
-    at_n_train = sample_size_extrapolation(rk, cfg, loss, (curve.best_metric, curve.eval_metric[-1]),
-                                           curve.metric_name, cfg.seed)
     width = hi - lo
+    at_n_train = sample_size_extrapolation(rk, cfg, loss, curve.eval_metric, curve.metric_name, cfg.seed)
+    interval = interval_to_n_train([lo, hi], curve.best_metric,
+                                   at_n_train and at_n_train["best_metric_at_n_train"], curve.metric_name)
     n_needed = int(math.ceil(n * (width / TARGET_WIDTH) ** 2)) if width > TARGET_WIDTH else n
     probe = replay(rk, cfg, plan, loss, probe=True)
     zs = baselines.zero_shot_metric(rk.f0_eval, rk.y_eval, kind)[1]
@@ -361,9 +378,11 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
         "metric_name": curve.metric_name,
         "best_step": curve.best_step,
         "best_metric": curve.best_metric,
-        "metric_interval": [lo, hi],
+        "metric_interval": interval,
         "interval": f"2.5–97.5 percentiles of the best metric over {draws} bootstrap resamples of the kernel sample, "
-                    "moved by the bootstrap's bias (centered on the prediction)",
+                    "moved by the bootstrap's bias (centered on the prediction)"
+                    + ("; its upper bound raised by as much above the value extrapolated to n_train (`sample_size`)"
+                       if at_n_train else ""),
         "n_for_2_points": n_needed,
         "sample_size": at_n_train,
         "kernel": "signgd" if rk.signgd else "entk",

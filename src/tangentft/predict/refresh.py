@@ -19,7 +19,17 @@ from pathlib import Path
 from ..analysis.dynamics import loss_and_grad, metric
 from ..errors import TangentError
 from ..train.config import TrainConfig
-from .curve import RunKernels, bootstrap, centered_interval, remaining_plan, replay, run_kernels, step_plan
+from .curve import (
+    RunKernels,
+    bootstrap,
+    centered_interval,
+    interval_to_n_train,
+    remaining_plan,
+    replay,
+    run_kernels,
+    sample_size_extrapolation,
+    step_plan,
+)
 
 
 def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
@@ -33,8 +43,9 @@ def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
 
 def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 100) -> dict:
     """The rest of run ``cfg`` replayed from the kernels and outputs ``rk`` taken at ``step`` (θ_t, f_t): the curve
-    on the run's eval steps from ``step`` on, its best and final metric, and 2.5–97.5 percentile intervals of both
-    over ``draws`` bootstrap resamples of the kernel sample."""
+    on the run's eval steps from ``step`` on, its best and final metric, 2.5–97.5 percentile intervals of both
+    over ``draws`` bootstrap resamples of the kernel sample, and the same curve extrapolated to the run's n_train
+    examples (``sample_size``, which raises both intervals' upper bounds: ``curve.interval_to_n_train``)."""
     n = rk.f0.shape[0]
     loss = cfg.loss or ("mse" if rk.kind == "regression" else "ce")
     plan = remaining_plan(step_plan(cfg, n), step)
@@ -46,13 +57,17 @@ def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 1
                 "best_metric": value, "best_step": step, "final_metric": value,
                 "metric_interval": [value, value], "final_interval": [value, value], "n": n}
     curve = replay(rk, cfg, plan, loss)
+    name, final = curve.metric_name, curve.eval_metric[-1]
     boot = bootstrap(rk, cfg, loss, draws, cfg.seed, plan=plan)
-    best_interval = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
-    final_interval = centered_interval(boot[:, 1], curve.eval_metric[-1], curve.metric_name)
+    at_n = sample_size_extrapolation(rk, cfg, loss, curve.eval_metric, name, cfg.seed, start=step)
+    best_interval = interval_to_n_train(centered_interval(boot[:, 0], curve.best_metric, name), curve.best_metric,
+                                        at_n and at_n["best_metric_at_n_train"], name)
+    final_interval = interval_to_n_train(centered_interval(boot[:, 1], final, name), final,
+                                         at_n and at_n["final_metric_at_n_train"], name)
     return {"step": step, "steps": [step + s for s in curve.steps], "eval_loss": curve.eval_loss,
-            "eval_metric": curve.eval_metric, "metric_name": curve.metric_name, "best_metric": curve.best_metric,
-            "best_step": step + curve.best_step, "final_metric": curve.eval_metric[-1],
-            "metric_interval": best_interval, "final_interval": final_interval, "n": n}
+            "eval_metric": curve.eval_metric, "metric_name": name, "best_metric": curve.best_metric,
+            "best_step": step + curve.best_step, "final_metric": final, "metric_interval": best_interval,
+            "final_interval": final_interval, "sample_size": at_n, "n": n}
 
 
 def refresh(cfg: TrainConfig, run_dir: Path, *, n: int | None = None, draws: int = 100) -> dict:
