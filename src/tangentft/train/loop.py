@@ -122,8 +122,7 @@ class Trainer:
             raise TangentError("no training examples")
         self.task_model = task_model
         self.method = method
-        # f(x) does not depend on the batch an example sits in (right padding), so evaluating in length
-        # order changes no number and wastes far less compute on padding.
+        # Evaluated in length order (TaskModel.length_order): less padding, the same numbers.
         self.data = TrainData(data.train, self._by_length(task_model, data.val),
                               self._by_length(task_model, data.eval), data.probe)
         self.cfg = cfg
@@ -138,10 +137,7 @@ class Trainer:
 
     @staticmethod
     def _by_length(task_model, examples: list) -> list:
-        if not examples:
-            return examples
-        lengths = task_model.token_lengths(examples)
-        return [examples[i] for i in sorted(range(len(examples)), key=lambda i: lengths[i])]
+        return [examples[i] for i in task_model.length_order(examples)]
 
     @property
     def metrics_path(self) -> Path:
