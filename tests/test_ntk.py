@@ -133,13 +133,16 @@ def test_groups_sum_symmetric_psd_and_traced():
     assert rel_err(t.blocks["L1"], k.traced().blocks["L1"]) < TOL
 
 
-def test_tiling_equals_one_tile():
+@pytest.mark.parametrize("signgd", [False, True])
+def test_tiling_equals_one_tile(signgd):
+    """Several tiles (mirrored held chunks, then streamed ones) give the one-tile kernel; for SignGD the tile's
+    features turn into their signs before its streamed chunks, after the mirrored ones that need them raw."""
     tm = tiny_task_model("tiny-gpt2")
     sel = resolve(tm, "q,v@0;up@1")
     x, xe = toy_examples(6), toy_examples(3, seed=3)
-    one = empirical_ntk_pair(tm, sel, x, xe, chunk_size=64)
+    one = empirical_ntk_pair(tm, sel, x, xe, chunk_size=64, signgd=signgd)
     calls = []
-    tiled = empirical_ntk_pair(tm, sel, x, xe, chunk_size=2, max_memory="40KB",
+    tiled = empirical_ntk_pair(tm, sel, x, xe, chunk_size=2, max_memory="40KB", signgd=signgd,
                                progress=lambda done, total: calls.append((done, total)))
     assert one[0].timings["tiles"] == 1 and tiled[0].timings["tiles"] > 2
     passes = tiled[0].timings["passes"]

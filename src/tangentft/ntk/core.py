@@ -177,6 +177,7 @@ class Side:
     rows: np.ndarray  # kernel rows of the stacked examples, in stacking order
     stacked: dict[int, torch.Tensor]  # block index → (N, K, P) materialized features of all the chunks
     gram: list[tuple[np.ndarray, dict[int, GramFactors]]]  # per chunk: its rows, block index → factors
+    signed: bool = False  # ``stacked`` holds sign(∇f) (SignGD), no longer the gradients themselves
 
 
 class Accumulator:
@@ -227,7 +228,8 @@ class Accumulator:
         out: dict[str, torch.Tensor] = {}
         for i, gp in p.stacked.items():
             g = self.plan.groups[i]
-            tile = contract(Materialized(gp), Materialized(q.stacked[i]), self.plan.traced, self.plan.sign)
+            tile = contract(Materialized(gp), Materialized(q.stacked[i]), self.plan.traced,
+                            self.plan.sign and not q.signed)
             out[g] = out[g] + tile if g in out else tile
         return out
 
@@ -255,6 +257,8 @@ class Accumulator:
 
     def mirrored(self, tile: Side, q: Side) -> None:
         """A held chunk after the tile (``q``) against the tile, both ways."""
+        if tile.signed:
+            raise RuntimeError("a mirrored chunk after the tile's streamed chunks: the tile holds signs by then")
         t = time.perf_counter()
         per_group = self._materialized(tile, q)
         self._add(self.sym, tile.rows, q.rows, per_group)
@@ -271,8 +275,15 @@ class Accumulator:
 
     def streamed(self, tile: Side, q: Side) -> None:
         """The tile against a streamed chunk ``q``; with ``sign`` the sign sits on the held side,
-        ⟨∇f(streamed), sign ∇f(held)⟩, laid out held×streamed."""
+        ⟨∇f(streamed), sign ∇f(held)⟩, laid out held×streamed. The streamed chunks come last in a tile's work
+        (after its self-kernel and mirrored chunks, which need the tile's gradients), so the tile's features are
+        replaced by their sign once, in place, at the first of them: one sign per tile instead of one per
+        streamed chunk (which cost as much as the GEMMs), and no second copy of the tile."""
         t = time.perf_counter()
+        if self.plan.sign and not tile.signed:
+            for g in tile.stacked.values():
+                g.sign_()
+            tile.signed = True
         if self.plan.sign:
             self._add(self.cross, tile.rows, q.rows, self._materialized(q, tile), transpose=True)
         else:
