@@ -26,6 +26,7 @@ import numpy as np
 
 from tangentft.errors import TangentError
 from tangentft.io import atomic_path, atomic_write, format_number, write_json
+from tangentft.predict.curve import FORMAT as PREDICTION_FORMAT
 from tangentft.predict.curve import NONLINEAR_RATIO
 from tangentft.predict.launch import train_with_prediction
 from tangentft.train.loop import TrainConfig
@@ -152,6 +153,11 @@ def train_config(model: str, task: str, conf: tuple, sizes: dict, args) -> Train
                        seed=sizes["seed"])
 
 
+# What a row keeps of prediction.json.
+PREDICTION_KEYS = ("format", "steps", "eval_loss", "eval_metric", "metric_name", "best_step", "best_metric", "metric_interval",
+                   "n_for_2_points", "kernel", "n", "baselines", "warnings", "timings", "lora_a_travel", "sample_size")
+
+
 def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
     name, method, params, lr, optimizer = conf[:5]
     cfg = train_config(model, task, conf, sizes, args)
@@ -170,10 +176,7 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
     return {
         "model": model, "task": task, "config": name, "method": method, "params": params,
         "method_options": method_options(conf), "lr": lr, "optimizer": optimizer, **sizes,
-        "prediction": {k: pred.get(k) for k in ("steps", "eval_loss", "eval_metric", "metric_name", "best_step",
-                                              "best_metric", "metric_interval", "n_for_2_points", "kernel", "n",
-                                              "baselines", "warnings", "timings", "lora_a_travel",
-                                              "sample_size")},
+        "prediction": {k: pred.get(k) for k in PREDICTION_KEYS},
         "refreshes": pred.get("refreshes", []),
         "real": {"steps": [r["step"] for r in rows], "eval_loss": [r.get("eval_loss") for r in rows],
                  "eval_metric": [r.get("eval_metric") for r in rows], "lin_gap": [r.get("lin_gap") for r in rows],
@@ -190,23 +193,50 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
 
 def predict_all_examples(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
     """The θ0 prediction of a cached row with the kernel on every training example (``n = n_train``) instead of
-    the regime's sample — what the sample costs in accuracy (issue #26 §3) — and, from the same kernel's
-    sub-block, the sample's own prediction with its sample-size extrapolation to n_train
-    (:func:`tangentft.predict.curve.sample_size_extrapolation`), which costs no more than the sample's kernel.
-    No training: the real curve is the row's. Stored under the row's ``prediction_all``."""
-    from tangentft.data.sampling import sample_indices
-    from tangentft.predict.curve import predict_with, run_kernels
+    the regime's sample — what the sample and its extrapolation to n_train cost in accuracy (issue #26 §3). No
+    training: the real curve is the row's. Stored under the row's ``prediction_all``."""
+    from tangentft.predict.curve import predict_run
 
     cfg = train_config(model, task, conf, sizes, args)
     t = time.perf_counter()
-    rk = run_kernels(cfg, n=sizes["n_train"])
-    pred = predict_with(rk, cfg)
-    wall = time.perf_counter() - t
-    from_sample = predict_with(rk.subset(sample_indices(rk.n_train, sizes["kernel_n"], cfg.seed)), cfg)
+    pred = predict_run(cfg, n=sizes["n_train"])
     keep = ("steps", "eval_metric", "metric_name", "best_step", "best_metric", "metric_interval", "n", "baselines",
             "timings")
-    return {**{k: pred[k] for k in keep}, "wall_s": wall,
-            "sample": {k: from_sample[k] for k in ("n", "best_metric", "best_step", "sample_size")}}
+    return {**{k: pred[k] for k in keep}, "wall_s": time.perf_counter() - t}
+
+
+def repredict(plan: list[tuple], args) -> None:
+    """Re-take, with today's library, the θ0 prediction of cached rows predicted in an older ``prediction.json``
+    format (before the curve was extrapolated to n_train): kernel, outputs and replays again, and their wall time;
+    no training (the real curve is the row's), at most ``--limit`` rows. Their refreshes stay as they were: those
+    need the run's checkpoints at 10% and 25%, which the run overwrote."""
+    from tangentft.predict.against import compare
+    from tangentft.predict.curve import predict_run
+
+    done = 0
+    for model, task, conf in plan:
+        path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
+        sizes = sizes_for(model, args)
+        if (args.limit is not None and done >= args.limit) or not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        if res["prediction"].get("format") == PREDICTION_FORMAT or not _same_sizes(res, sizes):
+            continue
+        pred = predict_run(train_config(model, task, conf, sizes, args), n=sizes["kernel_n"])
+        real = res["real"]
+        rows = [{"step": s, "eval_metric": m, "eval_loss": e, "lin_gap": g, "output_shift": o} for s, m, e, g, o in
+                zip(real["steps"], real["eval_metric"], real["eval_loss"], real["lin_gap"], real["output_shift"],
+                    strict=True)]
+        res["prediction"] = {k: pred.get(k) for k in PREDICTION_KEYS}
+        res["comparison"] = compare(pred, rows)
+        res["predict_s"] = pred["timings"]["total_s"]
+        res["time_ratio"] = res["predict_s"] / max(res["train_s"], 1e-9)
+        write_json(path, res)
+        done += 1
+        print(f"{model} {task} {conf[0]}: re-predicted {pred['best_metric']:.3f} (sample's own "
+              f"{res['comparison']['predicted_best_sample']}) real "
+              f"{res['comparison']['real_best']:.3f} ({res['predict_s']:.0f} s, ratio {res['time_ratio']:.3f})",
+              flush=True)
 
 
 def backfill_all_examples(plan: list[tuple], args) -> None:
@@ -225,10 +255,9 @@ def backfill_all_examples(plan: list[tuple], args) -> None:
         res["prediction_all"] = predict_all_examples(model, task, conf, sizes_for(model, args), args)
         write_json(path, res)
         p = res["prediction_all"]
-        ext = (p["sample"]["sample_size"] or {}).get("best_metric_at_n_train", float("nan"))
-        print(f"{model} {task} {conf[0]}: all {p['n']} examples {p['best_metric']:.3f} (sample "
-              f"{res['prediction']['best_metric']:.3f}, re-taken {p['sample']['best_metric']:.3f}, extrapolated "
-              f"{ext:.3f}) real {res['comparison']['real_best']:.3f} ({p['wall_s']:.0f} s)", flush=True)
+        print(f"{model} {task} {conf[0]}: all {p['n']} examples {p['best_metric']:.3f} (prediction "
+              f"{res['prediction']['best_metric']:.3f}) real {res['comparison']['real_best']:.3f} ({p['wall_s']:.0f} s)",
+              flush=True)
 
 
 def refresh_kwargs(cfg: TrainConfig, args) -> dict:
@@ -309,22 +338,6 @@ def backfill_lora_a_travel(results: list[dict], args) -> None:
         r["prediction"]["lora_a_travel"] = lora_a_travel(cfg, step_plan(cfg, r["n_train"]), rms)
 
 
-def prediction_now(r: dict) -> dict:
-    """A row's θ0 prediction as the library makes it today. Rows run before the prediction carried its sample-size
-    extrapolation (``sample_size``) take it from their ``--all-examples`` backfill, which replayed the same sample's
-    kernel block, and widen their bootstrap interval to n_train the way the library now does
-    (:func:`tangentft.predict.curve.interval_to_n_train`); that extrapolation has the best and final value only,
-    not the curve, so their anchored forecasts keep the sample's curve."""
-    from tangentft.predict.curve import interval_to_n_train
-
-    p = r["prediction"]
-    ss = ((r.get("prediction_all") or {}).get("sample") or {}).get("sample_size")
-    if "sample_size" in p or not ss:
-        return p
-    return {**p, "sample_size": ss, "metric_interval": interval_to_n_train(
-        p["metric_interval"], p["best_metric"], ss["best_metric_at_n_train"], p["metric_name"])}
-
-
 def forecasts_at(r: dict, step: int) -> dict:
     """Every forecast of a cached result made with its real curve up to ``step`` (an eval step), scored against the
     real run: the θ0 prediction anchored on the partial curve and the kernel refresh at ``step`` (when the run had
@@ -341,7 +354,7 @@ def forecasts_at(r: dict, step: int) -> dict:
     out = {"step": step, "real_final": vals[-1], "real_best": vals[best_i], "real_best_step": rows[best_i]["step"],
            "methods": {}}
     name = r["prediction"]["metric_name"]
-    pred = {**prediction_now(r), "n_eval": r["n_eval"]}
+    pred = {**r["prediction"], "n_eval": r["n_eval"]}
     sources = {"kernel θ0 (anchored)": pred}
     for ref in r.get("refreshes", []):
         if ref["step"] == step:
@@ -382,15 +395,13 @@ def summarize(results: list[dict]) -> dict:
         if const is not None:
             base["constant"] = abs(const - c["real_best"])
         best_base = min(base.values()) if base else None
-        lo, hi = prediction_now(r)["metric_interval"]
         rows.append({
             "model": r["model"], "task": r["task"], "config": r["config"], "method": r["method"],
             "kernel": r["prediction"]["kernel"],
             "metric": r["prediction"]["metric_name"],
-            "predicted": c["predicted_best"], "interval": [lo, hi], "real": c["real_best"],
+            "predicted": c["predicted_best"], "interval": r["prediction"]["metric_interval"], "real": c["real_best"],
             "error": c["best_error"], "predicted_step": c["predicted_best_step"], "real_step": c["real_best_step"],
-            "step_ratio": c["step_ratio"], "curve_mae": c["curve_mae"],
-            "in_interval": bool(lo <= c["real_best"] <= hi),
+            "step_ratio": c["step_ratio"], "curve_mae": c["curve_mae"], "in_interval": c["in_interval"],
             "zero_shot": r["prediction"]["baselines"]["zero_shot"], "probe": r["prediction"]["baselines"]["linear_probe"],
             "majority": r["prediction"]["baselines"]["majority"], "baseline_errors": base, "best_baseline_error": best_base,
             "half_baseline": None if best_base is None else bool(c["best_error"] <= best_base / 2),
@@ -400,8 +411,7 @@ def summarize(results: list[dict]) -> dict:
             "n_for_2_points": r["prediction"]["n_for_2_points"], "time_ratio": r["time_ratio"],
             "predict_s": r["predict_s"], "train_s": r["train_s"],
             "predicted_all": r.get("prediction_all", {}).get("best_metric"),
-            "predicted_extrapolated": ((r.get("prediction_all", {}).get("sample") or {}).get("sample_size")
-                                       or {}).get("best_metric_at_n_train"),
+            "predicted_sample": c.get("predicted_best_sample"),
             "predict_all_s": r.get("prediction_all", {}).get("wall_s"),
         })
     per_task = {}
@@ -478,19 +488,18 @@ def issue_targets(rows: list[dict]) -> dict:
         have = [r for r in sub if r.get("predicted_all") is not None]
         g["rows_all_examples"] = len(have)
         g["rmse_best_before_all_examples_pts"] = _rmse([r["predicted_all"] - r["real"] for r in have])
-        g["rmse_best_before_sample_same_rows_pts"] = _rmse([r["error"] for r in have])
+        g["rmse_best_before_same_rows_pts"] = _rmse([r["error"] for r in have])
+        own = [r for r in sub if r.get("predicted_sample") is not None]
+        g["rows_sample"] = len(own)
+        g["rmse_best_before_sample_pts"] = _rmse([r["predicted_sample"] - r["real"] for r in own])
         # LoRA's miss has a cause of its own (the A path, absent from the kernel at θ0): the rest apart.
         rest = [r for r in have if r["method"] != "lora"]
         g["rows_all_examples_not_lora"] = len(rest)
         g["rmse_not_lora_pts"] = {
-            "sample": _rmse([r["error"] for r in rest]),
-            "all": _rmse([r["predicted_all"] - r["real"] for r in rest]),
-            "extrapolated": _rmse([r["predicted_extrapolated"] - r["real"] for r in rest
-                                   if r.get("predicted_extrapolated") is not None])}
-        ext = [r for r in have if r.get("predicted_extrapolated") is not None]
-        g["rows_extrapolated"] = len(ext)
-        g["rmse_best_before_extrapolated_pts"] = _rmse([r["predicted_extrapolated"] - r["real"] for r in ext])
-        for col in ("predicted_all", "predicted_extrapolated"):
+            "prediction": _rmse([r["error"] for r in rest]),
+            "sample": _rmse([r["predicted_sample"] - r["real"] for r in rest if r.get("predicted_sample") is not None]),
+            "all": _rmse([r["predicted_all"] - r["real"] for r in rest])}
+        for col in ("predicted_all", "predicted_sample"):
             by_pair: dict = {}
             for r in sub:
                 if r.get(col) is not None:
@@ -627,20 +636,20 @@ def head_check_lines() -> list[str]:
             f"training example {gaps('exact AdamW, all')}; the function-space SignGD replay on every training example "
             f"{gaps('function-space replay, all')}; the same on the 256-example sample {gaps('function-space replay, sample')}. "
             "The AdamW approximation costs under a point; the sample costs 3–7: a replay on fewer examples than the run "
-            "generalizes worse. Hence the two columns of the targets table that replace the sample — the kernel on "
-            "every training example, and the sample's prediction extrapolated to n_train."]
+            "generalizes worse. Hence the prediction's extrapolation from the sample to n_train, and beside it in the "
+            "targets table the sample's own replay and the kernel on every training example."]
 
 
 def _not_lora_cell(g: dict) -> str:
     f, v = format_number, g["rmse_not_lora_pts"]
     if not g["rows_all_examples_not_lora"]:
         return "not yet measured"
-    return f"{f(v['sample'])} / {f(v['all'])} / {f(v['extrapolated'])} ({g['rows_all_examples_not_lora']} rows)"
+    return f"{f(v['prediction'])} / {f(v['sample'])} / {f(v['all'])} ({g['rows_all_examples_not_lora']} rows)"
 
 
 def _spearman_cell(g: dict) -> str:
     f = format_number
-    cells = [f"{k}: {f(v)} / {f(g['spearman_predicted_all'].get(k))} / {f(g['spearman_predicted_extrapolated'].get(k))}"
+    cells = [f"{k}: {f(v)} / {f(g['spearman_predicted_sample'].get(k))} / {f(g['spearman_predicted_all'].get(k))}"
              for k, v in g["spearman"].items() if v is not None]
     return "; ".join(cells) or "–"
 
@@ -649,7 +658,7 @@ def _all_cell(g: dict) -> str:
     f = format_number
     if not g["rows_all_examples"]:
         return "not yet measured"
-    return (f"{f(g['rmse_best_before_all_examples_pts'])} vs {f(g['rmse_best_before_sample_same_rows_pts'])} "
+    return (f"{f(g['rmse_best_before_all_examples_pts'])} vs {f(g['rmse_best_before_same_rows_pts'])} "
             f"({g['rows_all_examples']} rows; time ratio {f(g['median_predict_all_time_ratio'])})")
 
 
@@ -673,22 +682,23 @@ def targets_table(summary: dict, partial: str | None = None) -> list[str]:
 
     lines += [
         f"| rows | {a['rows']} | {b['rows']} |",
-        f"| RMSE of the best metric before training (≤ 3 pts) | {both(lambda g: f(g['rmse_best_before_pts']))} |",
+        f"| RMSE of the best metric before training (≤ 3 pts): the prediction, the kernel sample's replay "
+        f"extrapolated to n_train (power law in n of the distance to the metric's ceiling, from replays on n/4, n/2, "
+        f"n) | {both(lambda g: f(g['rmse_best_before_pts']))} |",
+        f"| the same, the kernel sample's own replay (no extrapolation) | "
+        f"{both(lambda g: f(g['rmse_best_before_sample_pts']) + ' (' + str(g['rows_sample']) + ' rows)' if g['rows_sample'] else 'not yet measured')} |",
         f"| the same, kernel on every training example instead of the sample (rows that have it: that RMSE vs the "
-        f"sample's on the same rows; median prediction ÷ run wall time) | "
+        f"prediction's on the same rows; median prediction ÷ run wall time) | "
         f"{both(lambda g: _all_cell(g))} |",
-        f"| the same, the sample's prediction extrapolated to n_train (power law in n of the distance to the "
-        f"metric's ceiling, from replays on n/4, n/2, n; no extra kernel) | "
-        f"{both(lambda g: f(g['rmse_best_before_extrapolated_pts']) + ' (' + str(g['rows_extrapolated']) + ' rows)' if g['rows_extrapolated'] else 'not yet measured')} |",
-        f"| the three on those rows without LoRA (sample / every example / extrapolated) | "
+        f"| the three on those rows without LoRA (prediction / sample's own / every example) | "
         f"{both(_not_lora_cell)} |",
         f"| Spearman ≥ 0.8 across a model × task's configurations (≥ 5 of 7 pairs) | "
         f"{both(lambda g: str(g['spearman_ge_0.8_pairs']) + ' of ' + str(g['pairs_with_spearman']))} |",
-        f"| the same Spearman, per pair (sample / every example / extrapolated; pairs with ≥ 3 rows) | "
+        f"| the same Spearman, per pair (prediction / sample's own / every example; pairs with ≥ 3 rows) | "
         f"{both(_spearman_cell)} |",
         f"| best step within ×1.5 (≥ 70%) | {both(lambda g: str(g['best_step_within_1.5x']) + ' of ' + str(g['rows']))} |",
-        f"| real best inside the prediction's interval before training (the 95% bootstrap of the sample, its "
-        f"upper bound raised to the extrapolation to n_train; without LoRA) | "
+        f"| real best inside the prediction's interval before training (the 95% bootstrap of the sample's replay, "
+        f"its upper bound raised as far above the extrapolation; in brackets: without LoRA) | "
         f"{both(lambda g: '{} of {} ({} of {})'.format(g['in_interval_before'], g['rows'], *g['in_interval_before_not_lora']))} |",
         f"| prediction ≤ 1/10 of the run's wall time | "
         f"{both(lambda g: str(g['predict_time_ratio_le_0.1']) + ' of ' + str(g['rows']))} |",
@@ -790,6 +800,9 @@ def main() -> None:
     p.add_argument("--all-examples", action="store_true",
                    help="Train nothing: add to cached rows the θ0 prediction with the kernel on every training "
                         "example (realistic regime; the rows otherwise use a sample), then report.")
+    p.add_argument("--repredict", action="store_true",
+                   help="Train nothing: re-take with today's library the θ0 prediction of cached rows predicted "
+                        "in an older prediction.json format, then report.")
     p.add_argument("--refresh-probe", action="store_true",
                    help="Recompute the probe baseline of cached results from before it was taken in eval mode.")
     args = p.parse_args()
@@ -804,6 +817,8 @@ def main() -> None:
         plan = [(model, task, conf) for task in tasks for model in models for conf in CONFIGS[model]]
     if args.all_examples:
         backfill_all_examples(plan, args)
+    elif args.repredict:
+        repredict(plan, args)
     elif not args.report_only:
         done = 0
         args.refresh_probe = False  # a one-off repair, done by the final report only

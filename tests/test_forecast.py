@@ -143,20 +143,6 @@ def test_forecast_anchors_the_prediction_on_the_observed_curve():
     assert forecast(rows, prediction, level=0.95)["final_interval"][0] < lo  # wider at a higher level
 
 
-def test_forecast_follows_the_curve_extrapolated_to_n_train():
-    """A replay on a kernel sample falls behind the run by more as it goes on (it learns from fewer examples); the
-    curve extrapolated to n_train (``sample_size``) carries that, a constant offset does not."""
-    steps = [0, 10, 20, 30, 40]
-    sampled = {"steps": steps, "eval_metric": [0.5, 0.55, 0.6, 0.62, 0.64], "metric_interval": [0.6, 0.68],
-               "metric_name": "accuracy", "n_eval": 400}
-    lifted = dict(sampled, sample_size={"eval_metric": [0.5, 0.6, 0.7, 0.75, 0.8]})
-    rows = [{"step": s, "eval_metric": v} for s, v in zip(steps[:2], [0.5, 0.6], strict=True)]
-    assert forecast(rows, lifted)["final"] == pytest.approx(0.8)  # the observed start is on the lifted curve
-    assert forecast(rows, sampled)["final"] == pytest.approx(0.64 + 0.05 / 2)
-    # Refreshes written before the curve was extrapolated keep forecasting from their own.
-    assert forecast(rows, dict(sampled, sample_size=None))["final"] == forecast(rows, sampled)["final"]
-
-
 @pytest.mark.parametrize("family,curve", [("power", lambda s: 0.9 - 0.4 * (s + 1.0) ** -0.7),
                                           ("exp", lambda s: 0.9 - 0.4 * np.exp(-3 * s / 60))])
 def test_extrapolation_baselines_recover_their_own_family(family, curve):

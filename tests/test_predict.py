@@ -399,7 +399,7 @@ def test_sample_size_extrapolation_closes_most_of_the_gap_to_the_whole_training_
     classifier's kernel, SGD: the replay is exact, so the whole-set replay is the truth for this model)."""
     from dataclasses import replace
 
-    from tangentft.predict.curve import RunKernels, sample_size_extrapolation
+    from tangentft.predict.curve import RunKernels, predict_with, sample_size_extrapolation
 
     rng = np.random.default_rng(0)
     d, big, m = 30, 512, 2000
@@ -426,19 +426,26 @@ def test_sample_size_extrapolation_closes_most_of_the_gap_to_the_whole_training_
     rk = RunKernels(k_train=args[0], k_cross=args[1], kp_train=None, kp_cross=None, f0=args[2], f0_eval=args[3],
                     y=ys, y_eval=ye, j_theta0=None, kind="classification", signgd=False, n_train=big, selection={},
                     seeded_head=False, timings={})
-    ext = sample_size_extrapolation(rk, cfg, "ce", sample.eval_metric, "accuracy", 0)
+    ext = sample_size_extrapolation(rk, cfg, "ce", sample, 0)
     assert ext["n"] == [32, 64, 128] and ext["best_metric"][-1] == sample.best_metric
     assert ext["best_metric"][0] < ext["best_metric"][1] < ext["best_metric"][2]  # more data, better replay
-    assert sample.best_metric < ext["best_metric_at_n_train"] <= 1.0
-    assert abs(ext["best_metric_at_n_train"] - truth) < 0.3 * abs(sample.best_metric - truth)
+    best = max(ext["eval_metric"])
+    assert sample.best_metric < best <= 1.0
+    assert abs(best - truth) < 0.3 * abs(sample.best_metric - truth)
     # The whole curve, step by step: never below the sample's, nearer the whole set's replay than the sample's.
     at, own, real = (np.asarray(v) for v in (ext["eval_metric"], sample.eval_metric, whole.eval_metric))
-    assert at.shape == own.shape and (at >= own).all() and ext["best_metric_at_n_train"] == at.max()
+    assert at.shape == own.shape and (at >= own).all()
     assert np.abs(at - real)[1:].mean() < 0.5 * np.abs(own - real)[1:].mean()
-    assert sample_size_extrapolation(replace(rk, n_train=n), cfg, "ce", sample.eval_metric, "accuracy", 0) is None
+    assert sample_size_extrapolation(replace(rk, n_train=n), cfg, "ce", sample, 0) is None
+    # The prediction is the extrapolated curve; the sample's own replay stays beside it, inside the interval.
+    pred = predict_with(replace(rk, kp_train=rk.k_train, kp_cross=rk.k_cross), cfg, draws=4)
+    assert pred["eval_metric"] == ext["eval_metric"] and pred["best_metric"] == best
+    assert pred["eval_loss"] == sample.eval_loss  # the loss is not extrapolated
+    assert pred["sample_size"]["eval_metric_by_n"][-1] == sample.eval_metric
+    assert pred["metric_interval"][0] <= sample.best_metric < best <= pred["metric_interval"][1]
     # From a step inside the run (a refresh): only the steps left are replayed.
     later = simulate(*args, remaining_plan(step_plan(cfg, n), 100), **kw)
-    part = sample_size_extrapolation(rk, cfg, "ce", later.eval_metric, "accuracy", 0, start=100)
+    part = sample_size_extrapolation(rk, cfg, "ce", later, 0, start=100)
     assert len(part["eval_metric"]) == len(later.eval_metric) < len(sample.eval_metric)
 
 
@@ -470,7 +477,7 @@ def test_run_kernels_subset_is_the_kernel_of_that_sample(data_dir):
     assert predict_with(part, cfg, draws=2)["best_metric"] == predict_with(direct, cfg, draws=2)["best_metric"]
 
 
-def test_the_report_shows_the_extrapolation_to_n_train_beside_the_sampled_prediction():
+def test_the_report_shows_the_kernel_samples_own_replay_beside_the_extrapolated_prediction():
     from tangentft.predict.against import compare, comparison_markdown
 
     pred = {"steps": [0, 10], "eval_metric": [0.5, 0.7], "eval_loss": [0.7, 0.6], "best_metric": 0.7, "best_step": 10,
@@ -479,8 +486,8 @@ def test_the_report_shows_the_extrapolation_to_n_train_beside_the_sampled_predic
     rows = [{"step": 0, "eval_metric": 0.5, "eval_loss": 0.7}, {"step": 10, "eval_metric": 0.78, "eval_loss": 0.5}]
     plain = comparison_markdown(pred, compare(pred, rows))
     assert "extrapolated" not in plain
-    pred["sample_size"] = {"n": [64, 128, 256], "best_metric": [0.6, 0.66, 0.7], "final_metric": [0.6, 0.66, 0.7],
-                           "n_train": 1024, "best_metric_at_n_train": 0.77, "final_metric_at_n_train": 0.77}
+    pred["sample_size"] = {"n": [64, 128, 256], "best_metric": [0.6, 0.66, 0.68], "n_train": 1024}
     text = comparison_markdown(pred, compare(pred, rows))
-    assert "| predicted, extrapolated from the kernel sample to n_train = 1024 | 0.77 | – |" in text
-    assert compare(pred, rows)["predicted_best_at_n_train"] == 0.77
+    assert "extrapolated to the run's 1024 (replays on 64 and 128)" in text
+    assert "| the kernel sample's own replay (n = 256) | 0.68 | – |" in text
+    assert compare(pred, rows)["predicted_best_sample"] == 0.68

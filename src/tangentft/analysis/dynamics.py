@@ -26,7 +26,7 @@ Costs O(steps · |B|·K · (n + m)·K): seconds for n, m in the thousands.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -72,6 +72,13 @@ class Curve:
     def to_json(self) -> dict:
         """Plain-JSON dict of the curve."""
         return asdict(self)
+
+    def with_eval(self, eval_loss: list[float], eval_metric: list[float]) -> Curve:
+        """The same curve with other eval values on its steps, its best step and metric re-read from them."""
+        vals = np.asarray(eval_metric, dtype=np.float64)
+        best = int(np.nanargmax(vals)) if np.isfinite(vals).any() else 0
+        return replace(self, eval_loss=list(eval_loss), eval_metric=list(eval_metric), best_step=self.steps[best],
+                       best_metric=float(vals[best]))
 
 
 def loss_and_grad(f: np.ndarray, y: np.ndarray, labels: np.ndarray | None, loss: str) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +199,5 @@ def simulate(
 
 
 def _finish(out: dict, name: str) -> Curve:
-    vals = np.asarray(out["eval_metric"], dtype=np.float64)
-    best = int(np.nanargmax(vals)) if np.isfinite(vals).any() else 0
-    return Curve(out["steps"], out["train_loss"], out["eval_loss"], out["eval_metric"], name, out["steps"][best],
-                 float(vals[best]), out["output_shift"])
+    curve = Curve(out["steps"], out["train_loss"], [], [], name, out["steps"][0], float("nan"), out["output_shift"])
+    return curve.with_eval(out["eval_loss"], out["eval_metric"])

@@ -194,9 +194,10 @@ def relaunch(ctx: typer.Context, nproc: int) -> bool:
 
 
 def extrapolation_note(cmp: dict) -> str:
-    """", extrapolated to all training examples X" after a sampled prediction's best, or "" without one."""
-    at_n = cmp.get("predicted_best_at_n_train")
-    return "" if at_n is None else f", extrapolated to all training examples {format_number(at_n)}"
+    """", extrapolated to all training examples from the kernel sample's X" after a prediction's best when it was
+    extrapolated from a sample, or "" without one."""
+    own = cmp.get("predicted_best_sample")
+    return "" if own is None else f", extrapolated to all training examples from the kernel sample's {format_number(own)}"
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -46,7 +46,7 @@ def compare(prediction: dict, rows: list[dict]) -> dict:
         "predicted_loss": [pl[s] for s in steps],
         "real_loss": [real[s]["eval_loss"] for s in steps],
         "predicted_best": prediction["best_metric"],
-        "predicted_best_at_n_train": (prediction.get("sample_size") or {}).get("best_metric_at_n_train"),
+        "predicted_best_sample": ((prediction.get("sample_size") or {}).get("best_metric") or [None])[-1],
         "real_best": real_best,
         "best_error": err,
         "predicted_best_step": prediction["best_step"],
@@ -68,9 +68,11 @@ def comparison_markdown(prediction: dict, cmp: dict) -> str:
         return "## Predicted vs real\n\n" + cmp.get("note", "nothing to compare") + "\n"
     name = prediction.get("metric_name", "metric")
     lo, hi = prediction["metric_interval"]
+    ss = prediction.get("sample_size")
+    extrapolated = f" and extrapolated to the run's {ss['n_train']} (replays on {ss['n'][0]} and {ss['n'][1]})" if ss else ""
     lines = ["## Predicted vs real", "",
              f"Prediction: {prediction['kernel']} kernel on n = {prediction['n']} training examples, replayed over the "
-             f"run's own steps; best {name} {format_number(prediction['best_metric'])} "
+             f"run's own steps{extrapolated}; best {name} {format_number(prediction['best_metric'])} "
              f"[{format_number(lo)}, {format_number(hi)}] at step {prediction['best_step']}.", "",
              f"| step | predicted eval_loss | real eval_loss | predicted {name} | real {name} |", "|---|---|---|---|---|"]
     for i, s in enumerate(cmp["steps"]):
@@ -79,8 +81,8 @@ def comparison_markdown(prediction: dict, cmp: dict) -> str:
     b = prediction.get("baselines", {})
     lines += ["", f"| | best {name} | best step |", "|---|---|---|",
               f"| predicted | {format_number(cmp['predicted_best'])} | {cmp['predicted_best_step']} |",
-              *([f"| predicted, extrapolated from the kernel sample to n_train = {ss['n_train']} | "
-                 f"{format_number(ss['best_metric_at_n_train'])} | – |"] if (ss := prediction.get("sample_size")) else []),
+              *([f"| the kernel sample's own replay (n = {prediction['n']}) | "
+                 f"{format_number(cmp['predicted_best_sample'])} | – |"] if ss else []),
               f"| real | {format_number(cmp['real_best'])} | {cmp['real_best_step']} |",
               f"| zero-shot | {format_number(b.get('zero_shot'))} | 0 |",
               f"| majority class | {format_number(b.get('majority'))} | – |",

@@ -6,8 +6,10 @@ will (a LoRA candidate gets the LoRA kernel; an S2FT run the kernel of its weigh
 ``FineTuneMethod.kernel_selection``), computes the eNTK (SGD) or the SignGD kernel (AdamW) on a sample
 of the training examples and the eval×train cross-kernel, and replays the run's steps — same batches, learning
 rate schedule, loss, weight decay and pull — in function space (:mod:`tangentft.analysis.dynamics`). The result
-(``prediction.json``) has the curve on the same steps as the run's eval rows in metrics.jsonl, a bootstrap
-interval over the kernel sample, the n that would shrink it below 2 points, and the baselines beside it.
+(``prediction.json``) has the curve on the same steps as the run's eval rows in metrics.jsonl — when the kernel
+sample is smaller than the training set, the sample's replay extrapolated to the run's n_train
+(:func:`sample_size_extrapolation`; the sample's own replay is kept in ``sample_size``) —, an interval from the
+bootstrap over the kernel sample, the n that would shrink it below 2 points, and the baselines beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import baselines
-from ..analysis.dynamics import StepPlan, simulate
+from ..analysis.dynamics import Curve, StepPlan, simulate
 from ..data.sampling import epoch_order, sample_n
 from ..data.scoring import metric_range
 from ..errors import TangentError
@@ -30,6 +32,8 @@ from ..train.config import TrainConfig
 from ..train.schedule import warmup_linear_factor
 
 FILE = "prediction.json"
+# /2: the curve is the sample's replay extrapolated to n_train when the kernel sample is smaller (/1: the replay).
+FORMAT = "tangentft-prediction/2"
 DEFAULT_N = 256  # kernel examples; a larger training set is represented by this sample (or a Nyström sketch)
 TARGET_WIDTH = 0.02  # the interval width (2 points) the report says how to reach
 # The harness's "left the linear regime" line (lin_gap > 0.3 × output shift), applied before the run: the term the
@@ -136,58 +140,68 @@ SAMPLE_DRAWS = 8  # sub-samples drawn per fraction
 MIN_SUBSAMPLE = 16
 
 
-def sample_size_extrapolation(rk: RunKernels, cfg: TrainConfig, loss: str, curve: Sequence[float],
-                              metric_name: str, seed: int, *, start: int = 0) -> dict | None:
-    """The replayed eval curve ``curve`` (eval metric at the replay's eval steps, on the kernel sample of n
-    examples) extrapolated to the run's ``rk.n_train`` examples: replays of the same steps (``start`` on, as a
-    refresh replays them) on sub-samples of n/4 and n/2 (without replacement, ``SAMPLE_DRAWS`` each), then at every
-    eval step a power law in n of the metric's distance to its ceiling (1 − accuracy, 1 − r), the form kernel
-    regression's learning curves take (Bordelon, Canatar & Pehlevan, "Spectrum Dependence of Learning Curves in
-    Kernel Regression and Wide Neural Networks", ICML 2020, arXiv:2002.02561), fitted by least squares in log–log
-    over n/4, n/2 and n and read at n_train. Returns the mean sub-sample curves (``eval_metric_by_n``), the curve at
-    n_train (``eval_metric``) and its best and final value; None when the sample is the whole training set, too
-    small to halve twice, or the metric has no ceiling."""
+def _power_law_to(by_n: np.ndarray, sizes: list[int], n_train: int, ceiling: float) -> np.ndarray:
+    """Per column (eval step) of ``by_n`` (one row per sample size in ``sizes``, the last the kernel sample's): a
+    power law in n of the distance to ``ceiling``, fitted by least squares in log–log and read at ``n_train``. A
+    curve does not get worse with more data: where the fit says so, the kernel sample's value stands; the result
+    stays between the sample's value and the ceiling."""
+    gap = np.maximum(ceiling - by_n, 1e-6)
+    slope, icpt = np.polyfit(np.log(sizes), np.log(gap), 1)  # one fit per column
+    at = np.where(slope < 0, ceiling - np.exp(icpt + slope * math.log(n_train)), by_n[-1])
+    return np.clip(at, by_n[-1], ceiling)
+
+
+def sample_size_extrapolation(rk: RunKernels, cfg: TrainConfig, loss: str, curve: Curve, seed: int, *,
+                              start: int = 0) -> dict | None:
+    """The replay ``curve`` on the kernel sample of n examples, extrapolated to the run's ``rk.n_train`` examples:
+    replays of the same steps (``start`` on, as a refresh replays them) on sub-samples of n/4 and n/2 (without
+    replacement, ``SAMPLE_DRAWS`` each), then at every eval step a power law in n of the eval metric's distance to
+    its ceiling (1 − accuracy, 1 − r) — the form kernel regression's learning curves take (Bordelon, Canatar &
+    Pehlevan, "Spectrum Dependence of Learning Curves in Kernel Regression and Wide Neural Networks", ICML 2020,
+    arXiv:2002.02561) — fitted in log–log over n/4, n/2 and n and read at n_train. Returns the sizes, the mean
+    metric curve per size (``eval_metric_by_n``; the last is ``curve``'s), each size's best, and the metric curve at
+    n_train (``eval_metric``); None when the sample is the whole training set, too small to halve twice, or the
+    metric has no ceiling. The eval loss is not extrapolated: its floor is the task's noise, not a known bound (a
+    power law toward 0 overshoots it), so a prediction's loss curve stays the sample's."""
     n, n_train = rk.f0.shape[0], rk.n_train
-    ceiling = metric_range(metric_name)[1]
+    ceiling = metric_range(curve.metric_name)[1]
     if n >= n_train or int(n * SAMPLE_FRACTIONS[0]) < MIN_SUBSAMPLE or not math.isfinite(ceiling):
         return None
     rng = np.random.default_rng(seed)
     core = rk.without_probe()
-    sizes, curves = [], []
+    sizes, metrics = [], []
     for frac in SAMPLE_FRACTIONS:
         m = int(n * frac)
         plan = remaining_plan(step_plan(cfg, m), start)
         draws = [replay(core.subset(np.sort(rng.choice(n, m, replace=False))), cfg, plan, loss).eval_metric
                  for _ in range(SAMPLE_DRAWS)]
         sizes.append(m)
-        curves.append(np.nanmean(np.asarray(draws, dtype=np.float64), axis=0))
+        metrics.append(np.nanmean(np.asarray(draws, dtype=np.float64), axis=0))
     sizes.append(n)
-    curves.append(np.asarray(curve, dtype=np.float64))
-    by_n = np.asarray(curves)  # (sizes, eval steps)
-    gap = np.maximum(ceiling - by_n, 1e-6)
-    slope, icpt = np.polyfit(np.log(sizes), np.log(gap), 1)  # one fit per eval step (the columns)
-    slope = np.minimum(slope, 0.0)  # a learning curve does not fall with more data: flat at worst
-    at = ceiling - np.exp(icpt + slope * math.log(n_train))
-    at = np.where(slope < 0, at, by_n[-1])
-    at = np.clip(np.maximum(at, by_n[-1]), None, ceiling)
-    return {"n": sizes, "n_train": n_train, "eval_metric_by_n": by_n.tolist(),
-            "best_metric": by_n.max(axis=1).tolist(), "final_metric": by_n[:, -1].tolist(),
-            "eval_metric": at.tolist(), "best_metric_at_n_train": float(at.max()),
-            "final_metric_at_n_train": float(at[-1])}
+    metrics.append(np.asarray(curve.eval_metric, dtype=np.float64))
+    by_n = np.asarray(metrics)
+    return {"n": sizes, "n_train": n_train, "eval_metric_by_n": by_n.tolist(), "best_metric": by_n.max(axis=1).tolist(),
+            "eval_metric": _power_law_to(by_n, sizes, n_train, ceiling).tolist()}
 
 
-def interval_to_n_train(interval: Sequence[float], point: float, at_n_train: float | None,
+def at_n_train(curve: Curve, extrapolation: dict | None) -> Curve:
+    """``curve`` (a replay on the kernel sample) with its eval metric at the run's n_train examples from
+    :func:`sample_size_extrapolation` and its best re-read from it; ``curve`` itself without an extrapolation."""
+    return curve if extrapolation is None else curve.with_eval(curve.eval_loss, extrapolation["eval_metric"])
+
+
+def interval_to_n_train(interval: Sequence[float], point: float, extrapolated: float | None,
                         metric_name: str) -> list[float]:
     """A bootstrap ``interval`` of a value replayed on the kernel sample (``point``), widened to hold that value
-    at the run's n_train examples too (:func:`sample_size_extrapolation`'s ``at_n_train``): from the sample's lower
-    bound to the extrapolation's upper one (the same spread above it). The sample's replay learns from fewer
-    examples than the run and runs low, the power-law extrapolation can overshoot: the run's value is bracketed
-    by the two, not centered on either."""
+    at the run's n_train examples too (``extrapolated``, from :func:`sample_size_extrapolation`): from the sample's
+    lower bound to as far above the extrapolation as the interval reached above the sample's value. The sample's
+    replay learns from fewer examples than the run and runs low, the power-law extrapolation can overshoot: the
+    run's value is bracketed by the two, not centered on either."""
     lo, hi = float(interval[0]), float(interval[1])
-    if at_n_train is None:
+    if extrapolated is None:
         return [lo, hi]
     top = metric_range(metric_name)[1]
-    return [lo, float(min(max(hi, at_n_train + max(hi - point, 0.0)), top))]
+    return [lo, float(min(max(hi, extrapolated + max(hi - point, 0.0)), top))]
 
 
 def centered_interval(draws: np.ndarray, point: float, metric_name: str) -> list[float]:
@@ -328,13 +342,14 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     kind = rk.kind
     loss = cfg.loss or ("mse" if kind == "regression" else "ce")
     plan = step_plan(cfg, n)
-    curve = replay(rk, cfg, plan, loss)
+    sampled = replay(rk, cfg, plan, loss)
     boot = bootstrap(rk, cfg, loss, draws, cfg.seed)
-    lo, hi = centered_interval(boot[:, 0], curve.best_metric, curve.metric_name)
+    lo, hi = centered_interval(boot[:, 0], sampled.best_metric, sampled.metric_name)
     width = hi - lo
-    at_n_train = sample_size_extrapolation(rk, cfg, loss, curve.eval_metric, curve.metric_name, cfg.seed)
-    interval = interval_to_n_train([lo, hi], curve.best_metric,
-                                   at_n_train and at_n_train["best_metric_at_n_train"], curve.metric_name)
+    extrapolation = sample_size_extrapolation(rk, cfg, loss, sampled, cfg.seed)
+    curve = at_n_train(sampled, extrapolation)
+    interval = interval_to_n_train([lo, hi], sampled.best_metric, extrapolation and curve.best_metric,
+                                   curve.metric_name)
     n_needed = int(math.ceil(n * (width / TARGET_WIDTH) ** 2)) if width > TARGET_WIDTH else n
     probe = replay(rk, cfg, plan, loss, probe=True)
     zs = baselines.zero_shot_metric(rk.f0_eval, rk.y_eval, kind)[1]
@@ -348,12 +363,12 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
             "view is known to be weak when a fresh head is learned (Malladi et al. 2023); this checkpoint has no "
             "LM head, so the prompt-based (label-word) formulation is not available for it")
     if n < rk.n_train:
-        more = ("" if at_n_train is None else
-                f" (the replay on n/4, n/2 and n examples extrapolates to {at_n_train['best_metric_at_n_train']:.4g} "
-                f"at {rk.n_train}: `sample_size`)")
-        warnings_.append(f"the kernel sample (n={n}) stands in for the {rk.n_train} training examples: the replay "
-                         "learns from fewer examples than the run, so its eval metric runs low" + more + "; a kernel "
-                         "on every training example (a larger n) removes that, at (n + n_eval)·n kernel cost")
+        how = (f"the curve is the replay on n/4, n/2 and n examples extrapolated to {rk.n_train} (the sample's own "
+               f"best {sampled.best_metric:.4g}: `sample_size`)" if extrapolation else
+               "its eval metric runs low (too small a sample to extrapolate from)")
+        warnings_.append(f"the kernel sample (n={n}) stands in for the {rk.n_train} training examples, and a replay "
+                         f"on fewer examples than the run learns less: {how}; a kernel on every training example "
+                         "(a larger n) replaces the extrapolation, at (n + n_eval)·n kernel cost")
     if cfg.early_stop or cfg.stop_at:
         warnings_.append("early stopping / --stop-at are not replayed: the curve runs to the planned last step")
     a_travel = lora_a_travel(cfg, plan, rk.lora_a_rms)
@@ -369,7 +384,7 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     timings = dict(rk.timings, simulate_s=t_sim)
     timings["total_s"] = sum(timings.values())
     return {
-        "format": "tangentft-prediction/1",
+        "format": FORMAT,
         "steps": curve.steps,
         "eval_loss": curve.eval_loss,
         "eval_metric": curve.eval_metric,
@@ -379,12 +394,12 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
         "best_step": curve.best_step,
         "best_metric": curve.best_metric,
         "metric_interval": interval,
-        "interval": f"2.5–97.5 percentiles of the best metric over {draws} bootstrap resamples of the kernel sample, "
-                    "moved by the bootstrap's bias (centered on the prediction)"
-                    + ("; its upper bound raised by as much above the value extrapolated to n_train (`sample_size`)"
-                       if at_n_train else ""),
+        "interval": f"2.5–97.5 percentiles of the kernel sample's best metric over {draws} bootstrap resamples, "
+                    "moved by the bootstrap's bias (centered on the sample's replay)"
+                    + ("; its upper bound raised by as much above the value extrapolated to n_train" if extrapolation
+                       else ""),
         "n_for_2_points": n_needed,
-        "sample_size": at_n_train,
+        "sample_size": extrapolation,
         "kernel": "signgd" if rk.signgd else "entk",
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,

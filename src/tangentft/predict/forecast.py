@@ -52,16 +52,11 @@ def forecast(rows: Sequence[dict], prediction: dict, *, n_eval: int | None = Non
 
     ``rows``: metrics rows with ``step`` and ``eval_metric`` up to the current step; ``prediction``: a dict with
     ``steps``, ``eval_metric`` and ``metric_interval`` (``final_interval`` when it has one) over the run's eval
-    steps — prediction.json or one of its ``refreshes``; its ``sample_size`` curve (the replay extrapolated to the
-    run's n_train) is used instead of ``eval_metric`` when it has one. ``n_eval`` (default: the prediction's) sets the eval
+    steps — prediction.json or one of its ``refreshes``. ``n_eval`` (default: the prediction's) sets the eval
     noise. Returns ``at_step``, ``final``/``final_interval``, ``best``/``best_step``/``best_interval``, ``level``."""
     obs = _observed(rows)
     t = obs[-1][0]
-    # The curve extrapolated to the run's n_train when the kernel sample was smaller (``sample_size``): the
-    # sample's own replay learns from fewer examples and runs low by more as the run goes on, which no constant
-    # offset carries forward.
-    curve = (prediction.get("sample_size") or {}).get("eval_metric") or prediction["eval_metric"]
-    steps, values = list(prediction["steps"]), [float(v) for v in curve]
+    steps, values = list(prediction["steps"]), [float(v) for v in prediction["eval_metric"]]
     if not steps:
         raise TangentError("forecast needs a predicted curve (prediction 'steps' is empty)")
     pred = dict(zip(steps, values, strict=True))

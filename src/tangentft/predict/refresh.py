@@ -21,6 +21,7 @@ from ..errors import TangentError
 from ..train.config import TrainConfig
 from .curve import (
     RunKernels,
+    at_n_train,
     bootstrap,
     centered_interval,
     interval_to_n_train,
@@ -43,9 +44,10 @@ def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
 
 def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 100) -> dict:
     """The rest of run ``cfg`` replayed from the kernels and outputs ``rk`` taken at ``step`` (θ_t, f_t): the curve
-    on the run's eval steps from ``step`` on, its best and final metric, 2.5–97.5 percentile intervals of both
-    over ``draws`` bootstrap resamples of the kernel sample, and the same curve extrapolated to the run's n_train
-    examples (``sample_size``, which raises both intervals' upper bounds: ``curve.interval_to_n_train``)."""
+    on the run's eval steps from ``step`` on — the kernel sample's replay extrapolated to the run's n_train examples
+    when the sample is smaller, as for the prediction (``sample_size`` keeps the sample's own) —, its best and final
+    metric, and intervals of both from ``draws`` bootstrap resamples of the kernel sample
+    (:func:`~tangentft.predict.curve.interval_to_n_train`)."""
     n = rk.f0.shape[0]
     loss = cfg.loss or ("mse" if rk.kind == "regression" else "ce")
     plan = remaining_plan(step_plan(cfg, n), step)
@@ -56,18 +58,19 @@ def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 1
         return {"step": step, "steps": [step], "eval_loss": [ell], "eval_metric": [value], "metric_name": name,
                 "best_metric": value, "best_step": step, "final_metric": value,
                 "metric_interval": [value, value], "final_interval": [value, value], "n": n}
-    curve = replay(rk, cfg, plan, loss)
-    name, final = curve.metric_name, curve.eval_metric[-1]
+    sampled = replay(rk, cfg, plan, loss)
+    extrapolation = sample_size_extrapolation(rk, cfg, loss, sampled, cfg.seed, start=step)
+    curve = at_n_train(sampled, extrapolation)
+    name = curve.metric_name
     boot = bootstrap(rk, cfg, loss, draws, cfg.seed, plan=plan)
-    at_n = sample_size_extrapolation(rk, cfg, loss, curve.eval_metric, name, cfg.seed, start=step)
-    best_interval = interval_to_n_train(centered_interval(boot[:, 0], curve.best_metric, name), curve.best_metric,
-                                        at_n and at_n["best_metric_at_n_train"], name)
-    final_interval = interval_to_n_train(centered_interval(boot[:, 1], final, name), final,
-                                         at_n and at_n["final_metric_at_n_train"], name)
+    best_interval, final_interval = (
+        interval_to_n_train(centered_interval(boot[:, col], at, name), at, extrapolation and new, name)
+        for col, at, new in ((0, sampled.best_metric, curve.best_metric),
+                             (1, sampled.eval_metric[-1], curve.eval_metric[-1])))
     return {"step": step, "steps": [step + s for s in curve.steps], "eval_loss": curve.eval_loss,
             "eval_metric": curve.eval_metric, "metric_name": name, "best_metric": curve.best_metric,
-            "best_step": step + curve.best_step, "final_metric": final, "metric_interval": best_interval,
-            "final_interval": final_interval, "sample_size": at_n, "n": n}
+            "best_step": step + curve.best_step, "final_metric": curve.eval_metric[-1], "metric_interval": best_interval,
+            "final_interval": final_interval, "sample_size": extrapolation, "n": n}
 
 
 def refresh(cfg: TrainConfig, run_dir: Path, *, n: int | None = None, draws: int = 100) -> dict:
