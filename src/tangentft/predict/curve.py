@@ -204,6 +204,38 @@ def interval_to_n_train(interval: Sequence[float], point: float, extrapolated: f
     return [lo, float(min(max(hi, extrapolated + max(hi - point, 0.0)), top))]
 
 
+@dataclass
+class Replayed:
+    """A replay of a run's steps on its kernels (:func:`replay_to_n_train`): the curve at the run's n_train
+    examples, the kernel sample's own, the extrapolation between them, and intervals of the best and final metric."""
+
+    curve: Curve
+    sampled: Curve
+    extrapolation: dict | None
+    best_interval: list[float]
+    final_interval: list[float]
+    bootstrap_width: float  # of the sample's best metric: what a larger kernel sample would shrink
+
+
+def replay_to_n_train(rk: RunKernels, cfg: TrainConfig, loss: str, draws: int, *, start: int = 0) -> Replayed:
+    """The run's steps from ``start`` on (0: the whole run; a refresh's step otherwise) replayed on the kernel
+    sample (:func:`replay`), extrapolated to the run's n_train (:func:`sample_size_extrapolation`, :func:`at_n_train`),
+    with intervals of its best and final metric: ``draws`` bootstrap resamples of the sample
+    (:func:`centered_interval`) reaching up to the extrapolation (:func:`interval_to_n_train`)."""
+    plan = remaining_plan(step_plan(cfg, rk.f0.shape[0]), start)
+    sampled = replay(rk, cfg, plan, loss)
+    boot = bootstrap(rk, cfg, loss, draws, cfg.seed, plan=plan)
+    extrapolation = sample_size_extrapolation(rk, cfg, loss, sampled, cfg.seed, start=start)
+    curve = at_n_train(sampled, extrapolation)
+    name = curve.metric_name
+    own = [centered_interval(boot[:, col], v, name)
+           for col, v in ((0, sampled.best_metric), (1, sampled.eval_metric[-1]))]
+    best, final = (interval_to_n_train(iv, v, extrapolation and at, name) for iv, v, at in
+                   ((own[0], sampled.best_metric, curve.best_metric),
+                    (own[1], sampled.eval_metric[-1], curve.eval_metric[-1])))
+    return Replayed(curve, sampled, extrapolation, best, final, own[0][1] - own[0][0])
+
+
 def centered_interval(draws: np.ndarray, point: float, metric_name: str) -> list[float]:
     """The 2.5–97.5 percentile interval of bootstrap ``draws`` of a metric, moved by the bootstrap's bias estimate
     (``point`` − the draws' median) and kept in the metric's range. A resample with replacement holds about 63%
@@ -342,14 +374,8 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
     kind = rk.kind
     loss = cfg.loss or ("mse" if kind == "regression" else "ce")
     plan = step_plan(cfg, n)
-    sampled = replay(rk, cfg, plan, loss)
-    boot = bootstrap(rk, cfg, loss, draws, cfg.seed)
-    lo, hi = centered_interval(boot[:, 0], sampled.best_metric, sampled.metric_name)
-    width = hi - lo
-    extrapolation = sample_size_extrapolation(rk, cfg, loss, sampled, cfg.seed)
-    curve = at_n_train(sampled, extrapolation)
-    interval = interval_to_n_train([lo, hi], sampled.best_metric, extrapolation and curve.best_metric,
-                                   curve.metric_name)
+    run = replay_to_n_train(rk, cfg, loss, draws)
+    curve, sampled, extrapolation, width = run.curve, run.sampled, run.extrapolation, run.bootstrap_width
     n_needed = int(math.ceil(n * (width / TARGET_WIDTH) ** 2)) if width > TARGET_WIDTH else n
     probe = replay(rk, cfg, plan, loss, probe=True)
     zs = baselines.zero_shot_metric(rk.f0_eval, rk.y_eval, kind)[1]
@@ -393,7 +419,7 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
         "metric_name": curve.metric_name,
         "best_step": curve.best_step,
         "best_metric": curve.best_metric,
-        "metric_interval": interval,
+        "metric_interval": run.best_interval,
         "interval": f"2.5–97.5 percentiles of the kernel sample's best metric over {draws} bootstrap resamples, "
                     "moved by the bootstrap's bias (centered on the sample's replay)"
                     + ("; its upper bound raised by as much above the value extrapolated to n_train" if extrapolation

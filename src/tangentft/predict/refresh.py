@@ -19,18 +19,7 @@ from pathlib import Path
 from ..analysis.dynamics import loss_and_grad, metric
 from ..errors import TangentError
 from ..train.config import TrainConfig
-from .curve import (
-    RunKernels,
-    at_n_train,
-    bootstrap,
-    centered_interval,
-    interval_to_n_train,
-    remaining_plan,
-    replay,
-    run_kernels,
-    sample_size_extrapolation,
-    step_plan,
-)
+from .curve import RunKernels, remaining_plan, replay_to_n_train, run_kernels, step_plan
 
 
 def refresh_steps(cfg: TrainConfig, n_train: int, every: int) -> list[int]:
@@ -58,19 +47,13 @@ def forecast_from(rk: RunKernels, cfg: TrainConfig, step: int, *, draws: int = 1
         return {"step": step, "steps": [step], "eval_loss": [ell], "eval_metric": [value], "metric_name": name,
                 "best_metric": value, "best_step": step, "final_metric": value,
                 "metric_interval": [value, value], "final_interval": [value, value], "n": n}
-    sampled = replay(rk, cfg, plan, loss)
-    extrapolation = sample_size_extrapolation(rk, cfg, loss, sampled, cfg.seed, start=step)
-    curve = at_n_train(sampled, extrapolation)
-    name = curve.metric_name
-    boot = bootstrap(rk, cfg, loss, draws, cfg.seed, plan=plan)
-    best_interval, final_interval = (
-        interval_to_n_train(centered_interval(boot[:, col], at, name), at, extrapolation and new, name)
-        for col, at, new in ((0, sampled.best_metric, curve.best_metric),
-                             (1, sampled.eval_metric[-1], curve.eval_metric[-1])))
+    run = replay_to_n_train(rk, cfg, loss, draws, start=step)
+    curve = run.curve
     return {"step": step, "steps": [step + s for s in curve.steps], "eval_loss": curve.eval_loss,
-            "eval_metric": curve.eval_metric, "metric_name": name, "best_metric": curve.best_metric,
-            "best_step": step + curve.best_step, "final_metric": curve.eval_metric[-1], "metric_interval": best_interval,
-            "final_interval": final_interval, "sample_size": extrapolation, "n": n}
+            "eval_metric": curve.eval_metric, "metric_name": curve.metric_name, "best_metric": curve.best_metric,
+            "best_step": step + curve.best_step, "final_metric": curve.eval_metric[-1],
+            "metric_interval": run.best_interval, "final_interval": run.final_interval,
+            "sample_size": run.extrapolation, "n": n}
 
 
 def refresh(cfg: TrainConfig, run_dir: Path, *, n: int | None = None, draws: int = 100) -> dict:
