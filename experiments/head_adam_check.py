@@ -1,8 +1,8 @@
 """Where the realistic head-only predictions lose their points: the Adam replay, or the kernel sample?
 
-    PYTHONPATH=src python experiments/head_adam_check.py --tasks sst2,cr,mr     # about 2 minutes a task
+    PYTHONPATH=src python experiments/head_adam_check.py --tasks sst2,cr,mr,stsb     # about 2 minutes a task
 
-A MiniLM run that trains only the classification head is exactly linear in what it trains (f = W φ(x) + b on
+A MiniLM run that trains only the head (classifier, or the regression head of stsb) is exactly linear in what it trains (f = W φ(x) + b on
 frozen features φ), so its linearization is the model itself and every gap between the prediction and the run is
 the replay's. This replays the harness's realistic head rows (issue #26 §1: 1,024 training examples, 300 AdamW
 steps of batch 16, lr 1e-2, eval on 512) four ways on the run's own features, batches and schedule:
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tangentft.analysis import baselines
-from tangentft.analysis.dynamics import ADAM_BETAS, StepPlan, loss_and_grad, simulate
+from tangentft.analysis.dynamics import ADAM_BETAS, StepPlan, loss_and_grad, metric, simulate
 from tangentft.data.sampling import sample_indices
 from tangentft.io import write_json
 from tangentft.predict.curve import parameterized_model, step_plan
@@ -39,18 +39,24 @@ OUT = ROOT / "experiments" / "results" / "head_adam_check.json"
 SAMPLE = 256  # the realistic harness's kernel sample for MiniLM
 
 
-def exact_adam(phi, y, phie, ye, w0, b0, plan: StepPlan, rows: np.ndarray) -> dict[int, float]:
-    """Eval accuracy at ``plan.eval_steps`` of AdamW (torch's update, weight decay 0, eps 1e-8) on the linear head
-    f = W φ + b, cross-entropy, the batches of ``plan`` indexing ``rows`` of the training features."""
+def exact_adam(phi, y, phie, ye, w0, b0, plan: StepPlan, rows: np.ndarray, kind: str) -> dict[int, float]:
+    """Eval metric at ``plan.eval_steps`` of AdamW (torch's update, weight decay 0, eps 1e-8) on the linear head
+    f = W φ + b — cross-entropy (classification) or squared error (regression), as the trainer — the batches of
+    ``plan`` indexing ``rows`` of the training features."""
     w, b = w0.copy(), b0.copy()
     m = [np.zeros_like(w), np.zeros_like(b)]
     v = [np.zeros_like(w), np.zeros_like(b)]
     b1, b2 = ADAM_BETAS
-    labels_e = ye.argmax(1)
-    out = {0: float(((phie @ w.T + b).argmax(1) == labels_e).mean())}
+    classes = kind == "classification"
+    loss = "ce" if classes else "mse"
+
+    def score() -> float:
+        return metric(phie @ w.T + b, ye, ye.argmax(1) if classes else None, kind)[1]
+
+    out = {0: score()}
     for t, (lr, batch) in enumerate(zip(plan.lrs, plan.batches, strict=True), start=1):
         idx = rows[np.asarray(batch)]
-        _, chi = loss_and_grad(phi[idx] @ w.T + b, y[idx], y[idx].argmax(1), "ce")
+        _, chi = loss_and_grad(phi[idx] @ w.T + b, y[idx], y[idx].argmax(1) if classes else None, loss)
         chi /= len(idx)
         for p, g, mi, vi in ((w, chi.T @ phi[idx], m[0], v[0]), (b, chi.sum(0), m[1], v[1])):
             mi *= b1
@@ -59,7 +65,7 @@ def exact_adam(phi, y, phie, ye, w0, b0, plan: StepPlan, rows: np.ndarray) -> di
             vi += (1 - b2) * g**2
             p -= lr * (mi / (1 - b1**t)) / (np.sqrt(vi / (1 - b2**t)) + 1e-8)
         if t in plan.eval_steps:
-            out[t] = float(((phie @ w.T + b).argmax(1) == labels_e).mean())
+            out[t] = score()
     return out
 
 
@@ -68,6 +74,7 @@ def check(task: str) -> dict:
     cfg = TrainConfig(model="minilm", task=str(DATA / task), method="head", lr=1e-2, optimizer="adamw", n_train=1024,
                       n_eval=512, max_steps=300, batch_size=16, eval_every=15, probe_size=16, seed=0)
     spec_task = cfg.load_task()
+    kind = spec_task.spec.kind
     data = split_data(spec_task, cfg)
     _, tm, _ = parameterized_model(cfg, spec_task.spec, data.train)
     (f0, phi), (f0e, phie) = tm.predict_and_features(data.train), tm.predict_and_features(data.eval)
@@ -80,10 +87,10 @@ def check(task: str) -> dict:
     curves = {}
     for label, rows in (("all", every), ("sample", sample)):
         plan = step_plan(cfg, len(rows))
-        curves[f"exact AdamW, {label}"] = exact_adam(phi, y, phie, ye, w0, b0, plan, rows)
+        curves[f"exact AdamW, {label}"] = exact_adam(phi, y, phie, ye, w0, b0, plan, rows, kind)
         kt, kc = baselines.probe_kernels_of(tm, phi[rows], phie, signgd=True)
-        c = simulate(kt, kc, f0[rows], f0e, y[rows], ye, plan, loss="ce", optimizer="adamw",
-                     task_kind="classification")
+        c = simulate(kt, kc, f0[rows], f0e, y[rows], ye, plan, loss="ce" if kind == "classification" else "mse",
+                     optimizer="adamw", task_kind=kind)
         curves[f"function-space replay, {label}"] = dict(zip(c.steps, c.eval_metric, strict=True))
     real = json.loads((CACHE / f"minilm__{task}__head_lr1e-2.json").read_text())["real"]
     curves["real run"] = dict(zip(real["steps"], real["eval_metric"], strict=True))
@@ -96,7 +103,7 @@ def check(task: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", default="sst2,cr,mr")
+    p.add_argument("--tasks", default="sst2,cr,mr,stsb")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = [check(t) for t in args.tasks.split(",")]

@@ -644,11 +644,15 @@ def head_check_lines() -> list[str]:
                          for r in rows)
 
     return ["- Head-only runs are exactly linear in what they train, so their misses are the replay's "
-            "(`experiments/head_adam_check.py`, best accuracy minus the real run's, points): exact AdamW on every "
+            "(`experiments/head_adam_check.py`, best metric minus the real run's, points of accuracy — of Pearson r "
+            "for stsb, whose head run did not learn ≥ 5 points): exact AdamW on every "
             f"training example {gaps('exact AdamW, all')}; the function-space SignGD replay on every training example "
             f"{gaps('function-space replay, all')}; the same on the 256-example sample {gaps('function-space replay, sample')}. "
-            "The AdamW approximation costs under a point; the sample costs 3–7: a replay on fewer examples than the run "
-            "generalizes worse. Hence the prediction's extrapolation from the sample to n_train, and beside it in the "
+            "The AdamW approximation costs under a point on the classifiers (3 on stsb's squared error); the sample "
+            "costs 3–7: a replay on fewer examples than the run generalizes worse. So the far larger misses of stsb's "
+            "LoRA, full and S2FT rows are not the replay's: their backbone learns under a head that starts random "
+            "and moves, a product the kernel at θ0 does not hold (the seeded-head warning each of them carries). "
+            "Hence the prediction's extrapolation from the sample to n_train, and beside it in the "
             "targets table the sample's own replay and the kernel on every training example."]
 
 
