@@ -403,7 +403,8 @@ def predict_with(rk: RunKernels, cfg: TrainConfig, *, draws: int = 100) -> dict:
             f"LoRA under AdamW: each entry of the A factors can move by Σ lr = {sum(plan.lrs):.3g}, {a_travel:.2g}× "
             f"their initial RMS {rk.lora_a_rms:.3g}; the term B·ΔA, absent from the kernel at θ0 (B = 0 there), then "
             "grows comparable to the one it keeps — expect the run to leave the linear regime and the prediction to "
-            "fall short of it (a smaller lr, fewer steps or a pull toward θ0 keep it linear)")
+            "fall short of it (a smaller lr, fewer steps or a pull toward θ0 keep it linear; a kernel refresh during "
+            "the run re-takes the kernel once B ≠ 0)")
     if rk.signgd:
         warnings_.append("AdamW is replayed through the SignGD kernel with Adam's moments in function space (an "
                          "approximation; SGD replays are exact for the linearized model)")
