@@ -205,6 +205,16 @@ def predict_all_examples(model: str, task: str, conf: tuple, sizes: dict, args) 
     return {**{k: pred[k] for k in keep}, "wall_s": time.perf_counter() - t}
 
 
+def cached_rows(plan: list[tuple], args):
+    """(model, task, conf, path, cached result) of the rows of ``plan`` cached at the regime's sizes."""
+    for model, task, conf in plan:
+        path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
+        if path.is_file():
+            res = json.loads(path.read_text())
+            if _same_sizes(res, sizes_for(model, args)):
+                yield model, task, conf, path, res
+
+
 def repredict(plan: list[tuple], args) -> None:
     """Re-take, with today's library, the θ0 prediction of cached rows predicted in an older ``prediction.json``
     format (before the curve was extrapolated to n_train): kernel, outputs and replays again, and their wall time;
@@ -213,15 +223,9 @@ def repredict(plan: list[tuple], args) -> None:
     from tangentft.predict.against import compare
     from tangentft.predict.curve import predict_run
 
-    done = 0
-    for model, task, conf in plan:
-        path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
+    old = [row for row in cached_rows(plan, args) if row[4]["prediction"].get("format") != PREDICTION_FORMAT]
+    for model, task, conf, path, res in old[: args.limit]:
         sizes = sizes_for(model, args)
-        if (args.limit is not None and done >= args.limit) or not path.is_file():
-            continue
-        res = json.loads(path.read_text())
-        if res["prediction"].get("format") == PREDICTION_FORMAT or not _same_sizes(res, sizes):
-            continue
         pred = predict_run(train_config(model, task, conf, sizes, args), n=sizes["kernel_n"])
         real = res["real"]
         rows = [{"step": s, "eval_metric": m, "eval_loss": e, "lin_gap": g, "output_shift": o} for s, m, e, g, o in
@@ -232,7 +236,6 @@ def repredict(plan: list[tuple], args) -> None:
         res["predict_s"] = pred["timings"]["total_s"]
         res["time_ratio"] = res["predict_s"] / max(res["train_s"], 1e-9)
         write_json(path, res)
-        done += 1
         print(f"{model} {task} {conf[0]}: re-predicted {pred['best_metric']:.3f} (sample's own "
               f"{res['comparison']['predicted_best_sample']}) real "
               f"{res['comparison']['real_best']:.3f} ({res['predict_s']:.0f} s, ratio {res['time_ratio']:.3f})",
@@ -242,14 +245,8 @@ def repredict(plan: list[tuple], args) -> None:
 def backfill_all_examples(plan: list[tuple], args) -> None:
     """Add :func:`predict_all_examples` to cached rows that lack it, cheapest first (by the sample prediction's
     wall time: the whole set's kernel grows with it), at most ``--limit``."""
-    todo = []
-    for model, task, conf in plan:
-        path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
-        if not path.is_file():
-            continue
-        res = json.loads(path.read_text())
-        if "prediction_all" not in res and _same_sizes(res, sizes_for(model, args)):
-            todo.append((res["predict_s"], model, task, conf, path))
+    todo = [(res["predict_s"], model, task, conf, path) for model, task, conf, path, res in cached_rows(plan, args)
+            if "prediction_all" not in res]
     for _, model, task, conf, path in sorted(todo, key=lambda t: t[0])[: args.limit]:
         res = json.loads(path.read_text())
         res["prediction_all"] = predict_all_examples(model, task, conf, sizes_for(model, args), args)
