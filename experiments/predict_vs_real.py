@@ -188,7 +188,16 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
         "train_s": train_s,
         "time_ratio": predict_s / max(train_s, 1e-9),
         "probe_eval_mode": True,
+        "device": device_name(),
     }
+
+
+def device_name() -> str:
+    """Where a row ran (the default device, as ``TrainConfig``'s ``auto`` picks it): the accelerator's name or
+    ``cpu``. Rows cached before this field ran on the CPU."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def predict_all_examples(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
@@ -263,6 +272,17 @@ def refresh_kwargs(cfg: TrainConfig, args) -> dict:
     if args.regime != "realistic":
         return {}
     return {"refresh": [max(1, round(f * cfg.max_steps)) for f in FORECAST_FRACTIONS]}
+
+
+def shard(spec: str) -> tuple[int, int]:
+    """``"I/N"`` → (I, N), 0 ≤ I < N."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise SystemExit(f"--shard {spec!r}: I must be in 0..N-1")
+    return i, n
 
 
 def _same_sizes(result: dict, sizes: dict) -> bool:
@@ -827,6 +847,10 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="Run at most this many new configurations, then report.")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="Run only the I-th of N interleaved shares (I from 0) of the configurations not yet cached: "
+                        "N processes started together on one cache split its remaining rows without overlap. "
+                        "Shards leave the report to a final --report-only.")
     p.add_argument("--report-only", action="store_true", help="Only rebuild the tables and figures from the cache.")
     p.add_argument("--all-examples", action="store_true",
                    help="Train nothing: add to cached rows the θ0 prediction with the kernel on every training "
@@ -853,13 +877,18 @@ def main() -> None:
     elif not args.report_only:
         done = 0
         args.refresh_probe = False  # a one-off repair, done by the final report only
-        for model, task, conf in plan:
+        cached = {(m, t, c[0]) for m, t, c, *_ in cached_rows(plan, args)}
+        todo = [(m, t, c) for m, t, c in plan if (m, t, c[0]) not in cached]
+        if args.shard:
+            i, n = shard(args.shard)
+            todo = todo[i::n]
+        for model, task, conf in todo:
             if args.limit is not None and done >= args.limit:
                 break
             path = args.results / "configs" / f"{key(model, task, conf[0])}.json"
             sizes = sizes_for(model, args)
             if path.is_file() and _same_sizes(json.loads(path.read_text()), sizes):
-                continue
+                continue  # finished by another process meanwhile
             t = time.perf_counter()
             try:
                 res = run_one(model, task, conf, sizes, args)
@@ -868,10 +897,13 @@ def main() -> None:
                 continue
             write_json(path, res)
             done += 1
-            report(args, models, tasks)
+            if not args.shard:
+                report(args, models, tasks)
             c = res["comparison"]
             print(f"{model} {task} {conf[0]}: predicted {c['predicted_best']:.3f} real {c['real_best']:.3f} "
-                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+                  f"({time.perf_counter() - t:.0f} s on {res['device']})", flush=True)
+        if args.shard:
+            return
     report(args, models, tasks)
     print(f"report: {args.results.relative_to(ROOT) / 'README.md'}", flush=True)
 
