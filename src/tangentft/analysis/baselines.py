@@ -56,10 +56,10 @@ def features(task_model, examples, batch_size: int = 32) -> np.ndarray:
 def _score_grad(task_model, phi: np.ndarray) -> np.ndarray:
     """∂f/∂z of a causal LM's regression output f = softmax(z)·v at z = Wφ: p_c (v_c − f)."""
     w, b = task_model.label_head()
-    z = phi @ w.detach().double().numpy().T + (0.0 if b is None else b.detach().double().numpy())
+    z = phi @ w.detach().double().cpu().numpy().T + (0.0 if b is None else b.detach().double().cpu().numpy())
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    v = task_model.label_values.double().numpy()
+    v = task_model.label_values.double().cpu().numpy()
     return p * (v[None, :] - (p @ v)[:, None])
 
 

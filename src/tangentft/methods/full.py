@@ -87,7 +87,7 @@ class FullMethod(FineTuneMethod):
         masks = selection_masks(task_model, sel)
         freeze_all_but(task_model, set(masks))
         named = dict(task_model.named_parameters())
-        self._masks = {n: m for n, m in masks.items() if m is not None}
+        self._masks = {n: m.to(named[n].device) for n, m in masks.items() if m is not None}
         self._frozen = {n: named[n].detach().clone() for n in self._masks}
         for n, m in self._masks.items():
             named[n].register_hook(lambda g, m=m: g * m.to(g.dtype))

@@ -43,7 +43,7 @@ def reference_jacobians(task_model, selection: ParamSelection, examples: Sequenc
                     g = torch.zeros_like(p) if g is None else g
                     per_group[b.group].append(b.index(g).reshape(-1).double())
                 for grp, parts in per_group.items():
-                    rows[grp].append(torch.cat(parts).numpy())
+                    rows[grp].append(torch.cat(parts).cpu().numpy())
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

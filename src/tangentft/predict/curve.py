@@ -86,7 +86,7 @@ def j_theta0(task_model, selection, examples, batch_size: int = 16) -> np.ndarra
                 out.append(linearized_outputs(task_model, theta0, delta, enc["input_ids"], enc["attention_mask"])[1])
     finally:
         task_model.train(was_training)
-    return torch.cat(out).double().numpy()
+    return torch.cat(out).double().cpu().numpy()
 
 
 def lora_a_rms(model) -> float | None:

@@ -21,10 +21,8 @@ from ..methods.linearized import linearized_outputs
 
 def theta_dist(params: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
     """‖θt − θ0‖₂ over the trained tensors, accumulated in float64."""
-    total = torch.zeros((), dtype=torch.float64)
-    for n, p in params.items():
-        total += ((p.detach().double() - reference[n].double()) ** 2).sum()
-    return float(total.sqrt())
+    total = sum(float(((p.detach().double() - reference[n].double()) ** 2).sum()) for n, p in params.items())
+    return float(total) ** 0.5
 
 
 def peak_rss_gb() -> float:

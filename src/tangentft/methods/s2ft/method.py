@@ -64,7 +64,7 @@ def task_calibration(task_model, examples: Sequence[Example], batch_size: int = 
     def make(batch):
         def run() -> torch.Tensor:
             out = task_model(**task_model.encode(batch))
-            y = task_model.targets(batch).to(out.dtype)
+            y = task_model.targets(batch).to(out)
             if task_model.spec.kind == "regression":
                 return F.mse_loss(out, y)
             return F.cross_entropy(out, y.argmax(dim=1))

@@ -74,7 +74,6 @@ def apply(hf: nn.Module, perms: dict[str, ModulePermutation], inverse: bool = Fa
     for perm in perms.values():
         module = hf.get_submodule(perm.path)
         index = (perm.inverse if inverse else perm.index).to(module.weight.device)
-        index = index.to(module.weight.device)
         # in place: the weights keep their storage (no second copy of every permuted matrix stays resident)
         module.weight.data.copy_(module.weight.data.index_select(perm.axis, index))
         if perm.bias:

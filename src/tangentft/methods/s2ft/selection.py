@@ -145,7 +145,7 @@ def _scores(hf, smap, config, structures, calibration) -> dict[str, list[torch.T
     if config.strategy in ("W", "S"):
         for s in structures:
             out[s] = [
-                sum(unit_sq_norms(smap, r, role_weight(hf, smap, layer, r)) for r in _trained_roles(smap, config, s)).sqrt()
+                sum(unit_sq_norms(smap, r, role_weight(hf, smap, layer, r)) for r in _trained_roles(smap, config, s)).sqrt().cpu()
                 for layer in range(smap.num_layers)
             ]
     if config.strategy in ("A", "S"):
@@ -160,7 +160,9 @@ def _scores(hf, smap, config, structures, calibration) -> dict[str, list[torch.T
 def activation_norms(hf, smap: StructureMap, structures, calibration: Calibration) -> dict[str, list[torch.Tensor]]:
     """‖X_u‖ per unit: norms of the o / down inputs on each unit's channels over the calibration batches."""
     col_role = {"attention": "o", "ffn": "down"}
-    sums = {s: [torch.zeros(smap.in_features(col_role[s]), dtype=torch.float64) for _ in range(smap.num_layers)] for s in structures}
+    device = next(hf.parameters()).device
+    sums = {s: [torch.zeros(smap.in_features(col_role[s]), dtype=torch.float64, device=device)
+                for _ in range(smap.num_layers)] for s in structures}
     hooks = []
 
     def hook_for(acc: torch.Tensor):
@@ -182,13 +184,15 @@ def activation_norms(hf, smap: StructureMap, structures, calibration: Calibratio
         for h in hooks:
             h.remove()
     return {
-        s: [acc.reshape(-1, unit_width(smap, col_role[s])).sum(1).sqrt() for acc in sums[s]] for s in structures
+        s: [acc.reshape(-1, unit_width(smap, col_role[s])).sum(1).sqrt().cpu() for acc in sums[s]] for s in structures
     }
 
 
 def gradient_norms(hf, smap: StructureMap, config: S2FTConfig, structures, calibration: Calibration) -> dict[str, list[torch.Tensor]]:
     """sqrt(Σ_batches ‖∂L/∂W_u‖²) per unit; each weight's gradient is reduced and freed as soon as it exists."""
-    acc = {s: [torch.zeros(num_units(smap, s), dtype=torch.float64) for _ in range(smap.num_layers)] for s in structures}
+    device = next(hf.parameters()).device
+    acc = {s: [torch.zeros(num_units(smap, s), dtype=torch.float64, device=device) for _ in range(smap.num_layers)]
+           for s in structures}
     # param -> [(structure, layer, role)]; GPT-2's q, k and v share one c_attn weight
     owners: dict[int, tuple[nn.Parameter, list[tuple[str, int, str]]]] = {}
     for s in structures:
@@ -229,7 +233,7 @@ def gradient_norms(hf, smap: StructureMap, config: S2FTConfig, structures, calib
         for n, p in hf.named_parameters():
             p.requires_grad_(flags[n])
             p.grad = None
-    return {s: [a.sqrt() for a in acc[s]] for s in structures}
+    return {s: [a.sqrt().cpu() for a in acc[s]] for s in structures}
 
 
 class _eval_mode:
