@@ -79,4 +79,6 @@ def toy_examples(n: int = 8, seed: int = 0, regression: bool = False):
 def tiny_task_model(name: str, spec=None, seed: int = 0):
     from tangentft.models.task_model import build_task_model
 
-    return build_task_model(name, spec or sst2_spec(), seed=seed)
+    # On the CPU wherever the tests run: they compare against tensors they build there. The CLI tests keep the
+    # default device (CUDA where present), which is how the library's own device handling is exercised.
+    return build_task_model(name, spec or sst2_spec(), seed=seed, device="cpu")

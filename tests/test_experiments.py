@@ -159,3 +159,16 @@ def test_predict_vs_real_realistic_grid(experiments):
     assert harness.refresh_kwargs(TrainConfig(method="lora", max_steps=300), args) == {"refresh": [30, 75]}
     assert harness.refresh_kwargs(TrainConfig(method="s2ft", max_steps=300), args) == {"refresh": [30, 75]}
     assert harness.refresh_kwargs(TrainConfig(method="s2ft", max_steps=300), Namespace(regime="cheap")) == {}
+
+
+def test_predict_vs_real_shards_split_the_remaining_rows(experiments):
+    """``--shard I/N``: N processes started together take disjoint shares that cover the rows, each in plan order;
+    a malformed share is refused in one line."""
+    harness = experiments("predict_vs_real")
+    plan = harness.realistic_plan(["minilm", "smollm2-135m"], list(harness.TASKS))
+    shares = [harness.shard(plan, f"{i}/7") for i in range(7)]
+    assert sorted(map(repr, sum(shares, []))) == sorted(map(repr, plan))
+    assert all(share == [r for r in plan if r in share] for share in shares)
+    for bad in ("7/7", "x/2", "1"):
+        with pytest.raises(SystemExit, match="--shard"):
+            harness.shard(plan, bad)

@@ -373,7 +373,7 @@ def test_the_prediction_sees_the_task_the_run_trains(tmp_path, data_dir):
     assert pred["eval_loss"][0] == pytest.approx(loss, rel=1e-6)
     with torch.no_grad():
         enc = trainer.task_model.encode(data.eval)
-        run_outputs = trainer.model(enc["input_ids"], enc["attention_mask"]).double().numpy()
+        run_outputs = trainer.model(enc["input_ids"], enc["attention_mask"]).double().cpu().numpy()
     assert np.allclose(rk.f0_eval, run_outputs, rtol=0, atol=1e-6)
 
 
