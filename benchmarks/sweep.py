@@ -61,7 +61,11 @@ def load_grid(folder: Path) -> dict[tuple[str, str], list[dict]]:
         grids[(d["model"], d["task"])].append({
             "name": d["config"], "curve": curve, "best": max(real["eval_metric"]), "steps": real["steps"][-1],
             "prediction": compact_prediction({**d["prediction"], "n_eval": d.get("n_eval")}), "predict_s": d.get("predict_s"),
-            "train_s": d.get("train_s")})
+            "train_s": d.get("train_s"),
+            # what a sweep shares between the configurations of one parameter set (the kernel, θ0's outputs, the
+            # model load) and what it pays per configuration (the replays)
+            "param_set": json.dumps([d["method"], d.get("method_options") or d.get("params")], sort_keys=True),
+            "replay_s": (d["prediction"].get("timings") or {}).get("simulate_s"), "device": d.get("device", "cpu")})
     return dict(grids)
 
 
@@ -129,13 +133,28 @@ def replay(grid: list[dict], strategy: str, budget: float, seed: int) -> dict:
     return {"chosen": chosen, "spent": spent, "trials": len(study.trials), "trained": len(trained_to)}
 
 
+def prescreen_costs(grid: list[dict]) -> tuple[float, float | None]:
+    """The prescreen's wall time over the grid's training wall time: as the harness paid it (one kernel per
+    configuration) and as a sweep pays it (one kernel, outputs and load per parameter set — the mean of its
+    configurations' — plus every configuration's replays); None where the cache has no timings split."""
+    train = max(1e-9, sum(c["train_s"] or 0 for c in grid))
+    paid = sum(c["predict_s"] or 0 for c in grid) / train
+    if any(c["replay_s"] is None or c["predict_s"] is None for c in grid):
+        return paid, None
+    sets: dict[str, list[dict]] = defaultdict(list)
+    for c in grid:
+        sets[c["param_set"]].append(c)
+    fixed = sum(float(np.mean([c["predict_s"] - c["replay_s"] for c in cs])) for cs in sets.values())
+    return paid, (fixed + sum(c["replay_s"] for c in grid)) / train
+
+
 def benchmark(grids: dict, seeds: int) -> dict:
     """Regret (points) of every strategy at every budget fraction for every model × task grid, over ``seeds``."""
     rows = []
     for (model, task), grid in sorted(grids.items()):
         best = max(c["best"] for c in grid)
         total = sum(c["steps"] for c in grid)
-        pre = sum(c["predict_s"] or 0 for c in grid) / max(1e-9, sum(c["train_s"] or 0 for c in grid))
+        pre, shared = prescreen_costs(grid)
         for frac in FRACTIONS:
             for strategy in STRATEGIES:
                 regrets, spent = [], []
@@ -149,7 +168,8 @@ def benchmark(grids: dict, seeds: int) -> dict:
                              "fraction": frac, "strategy": strategy, "mean_regret": float(np.mean(regrets)),
                              "std_regret": float(np.std(regrets)), "within_1pt": float(np.mean(np.array(regrets) <= 1)),
                              "spent_fraction": float(np.mean(spent)), "regrets": regrets,
-                             "prescreen_cost_vs_grid_train": pre if strategy == "tangentft" else None})
+                             "prescreen_cost_vs_grid_train": pre if strategy == "tangentft" else None,
+                             "prescreen_cost_shared_vs_grid_train": shared if strategy == "tangentft" else None})
     return {"rows": rows, "summary": summarize(rows)}
 
 
@@ -167,9 +187,12 @@ def summarize(rows: list[dict]) -> dict:
     at5 = out["1/5"]["tangentft"]["pairs_within_1pt"]
     beats = {k: v["tangentft"]["mean_regret"] < min(v["asha"]["mean_regret"], v["hyperband"]["mean_regret"])
              for k, v in out.items()}
-    pre = [r["prescreen_cost_vs_grid_train"] for r in rows if r["strategy"] == "tangentft" and r["fraction"] == FRACTIONS[0]]
-    return {"by_budget": out, "pairs": len(pairs),
-            "prescreen_cost_vs_grid_train": {"min": min(pre), "mean": float(np.mean(pre)), "max": max(pre)},
+    first = [r for r in rows if r["strategy"] == "tangentft" and r["fraction"] == FRACTIONS[0]]
+    costs = {}
+    for k in ("prescreen_cost_vs_grid_train", "prescreen_cost_shared_vs_grid_train"):
+        v = [r[k] for r in first if r[k] is not None]
+        costs[k] = {"min": min(v), "mean": float(np.mean(v)), "max": max(v)} if v else None
+    return {"by_budget": out, "pairs": len(pairs), **costs,
             "target_within_1pt_at_1_5": {"pairs": at5, "of": len(pairs), "met": at5 >= min(4, len(pairs))},
             "target_beats_asha_and_hyperband": {"by_budget": beats, "met": all(beats.values())}}
 
@@ -217,6 +240,8 @@ def main() -> None:
         "grids": {f"{m}/{t}": len(g) for (m, t), g in sorted(grids.items())},
         "compute": "optimizer steps trained (replayed from the cache); the prescreen's cost is reported apart",
         "device": "CPU replay of cached runs (no training in this script)",
+        "runs_trained_on": {d: sum(c["device"] == d for g in grids.values() for c in g)
+                            for d in sorted({c["device"] for g in grids.values() for c in g})},
         "note": (f"{args.label} cache: {sizes} configurations per model × task pair. " + (
             "The cheap harness grid is only 5 configurations per pair (48 examples, 24 steps, runs that barely "
             "move): budgets of 1/8 and 1/5 are less than one full run. The realistic grid (≥ 16 configurations × "

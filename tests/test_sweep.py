@@ -349,3 +349,20 @@ def test_the_benchmark_replay_spends_steps_and_follows_the_prescreen():
     for strategy in bench.STRATEGIES:
         r = bench.replay(grid, strategy, 6, seed=1)  # less than a run: one trial cut at the budget
         assert r["spent"] == 4 and r["trials"] == 1
+
+
+def test_the_benchmark_prescreen_cost_shares_one_kernel_per_parameter_set():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "benchmarks" / "sweep.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # two lrs of one parameter set (kernel 8 s + replay 2 s each) and one other set (4 + 1): the harness paid
+    # 10 + 10 + 5, a sweep pays one kernel per set (8 + 4) and every replay (2 + 2 + 1)
+    grid = [{"param_set": "lora", "predict_s": 10.0, "replay_s": 2.0, "train_s": 50.0},
+            {"param_set": "lora", "predict_s": 10.0, "replay_s": 2.0, "train_s": 50.0},
+            {"param_set": "full", "predict_s": 5.0, "replay_s": 1.0, "train_s": 100.0}]
+    paid, shared = bench.prescreen_costs(grid)
+    assert paid == pytest.approx(25 / 200) and shared == pytest.approx(17 / 200)
+    grid[0]["replay_s"] = None  # a cache without the timings' split: only what was paid
+    assert bench.prescreen_costs(grid) == (pytest.approx(25 / 200), None)
