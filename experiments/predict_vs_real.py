@@ -3,6 +3,8 @@
     PYTHONPATH=src nice -n 10 python experiments/predict_vs_real.py            # resumable; re-run to continue
     python experiments/predict_vs_real.py --report-only                         # tables + figures from the cache
     python experiments/predict_vs_real.py --regime realistic --all-examples     # + kernel on every training example
+    for i in 0 1 2 3; do python experiments/predict_vs_real.py --regime realistic --shard $i/4 & done; wait
+    python experiments/predict_vs_real.py --regime realistic --report-only      # after shards: one report
 
 For each model × task × parameter choice it runs ``train_with_prediction(cfg, out)``: the prediction (kernel at θ0
 of the run's own parameters on its own training examples, replayed over its own steps) and then the real run on
