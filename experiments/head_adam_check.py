@@ -24,19 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from predict_vs_real import DATA, REALISTIC_SIZES, RESULTS, row_config  # this script runs from experiments/
 
 from tangentft.analysis import baselines
 from tangentft.analysis.dynamics import ADAM_BETAS, StepPlan, loss_and_grad, metric, simulate
 from tangentft.data.sampling import sample_indices
 from tangentft.io import write_json
 from tangentft.predict.curve import parameterized_model, step_plan
-from tangentft.train.loop import TrainConfig, split_data
+from tangentft.train.loop import split_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-CACHE = ROOT / "experiments" / "results" / "predict_vs_real_realistic" / "configs"
+CACHE = Path(f"{RESULTS}_realistic") / "configs"
 OUT = ROOT / "experiments" / "results" / "head_adam_check.json"
-SAMPLE = 256  # the realistic harness's kernel sample for MiniLM
+SAMPLE = REALISTIC_SIZES["minilm"]["kernel_n"]  # the realistic harness's kernel sample for MiniLM
 
 
 def exact_adam(phi, y, phie, ye, w0, b0, plan: StepPlan, rows: np.ndarray, kind: str) -> dict[int, float]:
@@ -71,8 +71,8 @@ def exact_adam(phi, y, phie, ye, w0, b0, plan: StepPlan, rows: np.ndarray, kind:
 
 def check(task: str) -> dict:
     """The four replays of the realistic head row of ``task`` and the real curve."""
-    cfg = TrainConfig(model="minilm", task=str(DATA / task), method="head", lr=1e-2, optimizer="adamw", n_train=1024,
-                      n_eval=512, max_steps=300, batch_size=16, eval_every=15, probe_size=16, seed=0)
+    row = json.loads((CACHE / f"minilm__{task}__head_lr1e-2.json").read_text())
+    cfg = row_config(row, DATA)
     spec_task = cfg.load_task()
     kind = spec_task.spec.kind
     data = split_data(spec_task, cfg)
@@ -92,7 +92,7 @@ def check(task: str) -> dict:
         c = simulate(kt, kc, f0[rows], f0e, y[rows], ye, plan, loss="ce" if kind == "classification" else "mse",
                      optimizer="adamw", task_kind=kind)
         curves[f"function-space replay, {label}"] = dict(zip(c.steps, c.eval_metric, strict=True))
-    real = json.loads((CACHE / f"minilm__{task}__head_lr1e-2.json").read_text())["real"]
+    real = row["real"]
     curves["real run"] = dict(zip(real["steps"], real["eval_metric"], strict=True))
     out = {"task": task, "n_train": len(every), "sample": SAMPLE, "curves": {}}
     for name, c in curves.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from predict_vs_real import DATA, row_config  # this script runs from experiments/, beside the harness
 
 from tangentft.data.sampling import sample_n
 from tangentft.io import write_json
@@ -29,18 +30,9 @@ from tangentft.predict.curve import parameterized_model, predict_with, run_kerne
 from tangentft.train.loop import TrainConfig, split_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 CACHE = ROOT / "experiments" / "results" / "predict_vs_real_realistic" / "configs"
 OUT = ROOT / "experiments" / "results" / "lora_lookahead.json"
 TRAVELS = {"half": 0.5, "full": 1.0}  # × Σ lr over the run's schedule
-
-
-def row_config(row: dict) -> TrainConfig:
-    """The TrainConfig of a cached realistic row (as the harness built it)."""
-    return TrainConfig(model=row["model"], task=str(DATA / row["task"]), method=row["method"],
-                       method_options=row["method_options"], optimizer=row["optimizer"], lr=row["lr"],
-                       n_train=row["n_train"], n_eval=row["n_eval"], max_steps=row["steps"],
-                       batch_size=row["batch_size"], eval_every=row["eval_every"], seed=row["seed"])
 
 
 def lookahead_state(cfg: TrainConfig, n: int, travel: float) -> dict[str, torch.Tensor]:
@@ -70,7 +62,7 @@ def lookahead_state(cfg: TrainConfig, n: int, travel: float) -> dict[str, torch.
 def check(path: Path) -> dict:
     """θ0 prediction vs the look-ahead kernels' predictions vs the real run, for one cached LoRA row."""
     row = json.loads(path.read_text())
-    cfg = row_config(row)
+    cfg = row_config(row, DATA)
     n = row["kernel_n"]
     rk0 = run_kernels(cfg, n=n)
     out = {"row": path.stem, "real": row["comparison"]["real_best"],

@@ -155,6 +155,15 @@ def train_config(model: str, task: str, conf: tuple, sizes: dict, args) -> Train
                        seed=sizes["seed"])
 
 
+def row_config(r: dict, data: Path) -> TrainConfig:
+    """The run a cached row stands for (as :func:`train_config` built it), its task read under ``data``."""
+    options = r.get("method_options") or ({"params": r["params"]} if r["params"] else {})
+    return TrainConfig(model=r["model"], task=str(data / r["task"]), method=r["method"], method_options=options,
+                       optimizer=r["optimizer"], lr=r["lr"], n_train=r["n_train"], n_eval=r["n_eval"],
+                       max_steps=r["steps"], batch_size=r["batch_size"], eval_every=r["eval_every"], probe_size=16,
+                       seed=r["seed"])
+
+
 # What a row keeps of prediction.json.
 PREDICTION_KEYS = ("format", "steps", "eval_loss", "eval_metric", "metric_name", "best_step", "best_metric", "metric_interval",
                    "n_for_2_points", "kernel", "n", "baselines", "warnings", "timings", "lora_a_travel", "sample_size")
@@ -195,11 +204,14 @@ def run_one(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
 
 
 def device_name() -> str:
-    """Where a row ran (the default device, as ``TrainConfig``'s ``auto`` picks it): the accelerator's name or
-    ``cpu``. Rows cached before this field ran on the CPU."""
+    """Where a row ran (``TrainConfig``'s default device ``auto``, resolved as the library resolves it): a CUDA
+    device's name, else the device type. Rows cached before this field ran on the CPU."""
     import torch
 
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    from tangentft.device import resolve_device
+
+    device = resolve_device("auto")
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def predict_all_examples(model: str, task: str, conf: tuple, sizes: dict, args) -> dict:
@@ -306,11 +318,7 @@ def refresh_probe(results: list[dict], args) -> int:
     todo = [r for r in results if not r.get("probe_eval_mode")]
     cache: dict = {}
     for r in todo:
-        options = r.get("method_options") or ({"params": r["params"]} if r["params"] else {})
-        cfg = TrainConfig(model=r["model"], task=str(args.data / r["task"]), method=r["method"],
-                          method_options=options, optimizer=r["optimizer"],
-                          lr=r["lr"], n_train=r["n_train"], n_eval=r["n_eval"], max_steps=r["steps"],
-                          batch_size=r["batch_size"], eval_every=r["eval_every"], probe_size=16, seed=r["seed"])
+        cfg = row_config(r, args.data)
         ck = (r["model"], r["task"], r["optimizer"] == "adamw")
         if ck not in cache:
             task = cfg.load_task()
@@ -553,20 +561,13 @@ def issue_targets(rows: list[dict]) -> dict:
         g["in_interval_before"] = sum(1 for r in sub if r["in_interval"])
         g["in_interval_before_not_lora"] = (sum(1 for r in sub if r["in_interval"] and r["method"] != "lora"),
                                             sum(1 for r in sub if r["method"] != "lora"))
-        g["predict_time_ratio_le_0.1"] = sum(1 for r in sub if r["time_ratio"] <= 0.1)
-        costs = [c for r in sub for c in r["refresh_cost_ratio"]]
-        g["refresh_cost_le_0.05"] = f"{sum(1 for c in costs if c <= 0.05)} of {len(costs)}"
-        g["median_refresh_cost_ratio"] = float(np.median(costs)) if costs else None
+        every = _costs(sub)
+        g["predict_time_ratio_le_0.1"] = every["predict_le_0.1"]
+        g["refresh_cost_le_0.05"] = f"{every['refresh_le_0.05']} of {every['refreshes']}"
+        g["median_refresh_cost_ratio"] = every["median_refresh_ratio"]
         # A wall-time ratio is the device's: the prediction's kernel pass and the run speed up by different factors.
-        g["cost_by_device"] = {}
-        for dev in sorted({r["device"] for r in sub}):
-            on = [r for r in sub if r["device"] == dev]
-            rc = [c for r in on for c in r["refresh_cost_ratio"]]
-            g["cost_by_device"][dev] = {
-                "rows": len(on), "predict_le_0.1": sum(1 for r in on if r["time_ratio"] <= 0.1),
-                "median_predict_ratio": float(np.median([r["time_ratio"] for r in on])),
-                "refreshes": len(rc), "refresh_le_0.05": sum(1 for c in rc if c <= 0.05),
-                "median_refresh_ratio": float(np.median(rc)) if rc else None}
+        g["cost_by_device"] = {dev: _costs([r for r in sub if r["device"] == dev])
+                               for dev in sorted({r["device"] for r in sub})}
         for at in (f"{int(100 * f)}%" for f in FORECAST_FRACTIONS):
             fc = [r["forecasts"][at] for r in sub]
             methods = sorted({m for f in fc for m in f["methods"]})
@@ -589,6 +590,15 @@ def issue_targets(rows: list[dict]) -> dict:
                 g[at][m] = h
         out[group] = g
     return out
+
+
+def _costs(rows: list[dict]) -> dict:
+    """Prediction and refresh wall time over the run's, of ``rows``: how many meet 1/10 and 1/20, and the medians."""
+    rc = [c for r in rows for c in r["refresh_cost_ratio"]]
+    return {"rows": len(rows), "predict_le_0.1": sum(1 for r in rows if r["time_ratio"] <= 0.1),
+            "median_predict_ratio": float(np.median([r["time_ratio"] for r in rows])) if rows else None,
+            "refreshes": len(rc), "refresh_le_0.05": sum(1 for c in rc if c <= 0.05),
+            "median_refresh_ratio": float(np.median(rc)) if rc else None}
 
 
 def _by_device(g: dict, hits: str, total: str, median: str) -> str:

@@ -20,14 +20,14 @@ from .base import FineTuneMethod, MethodConfig, register_method
 
 
 def block_mask(block: ParamBlock, param: torch.Tensor) -> torch.Tensor:
-    """Boolean mask over ``param`` that is True on the entries ``block`` selects."""
+    """Boolean mask over ``param`` (on its device) that is True on the entries ``block`` selects."""
     if param.dim() == 1 or block.part != "weight":
-        m = torch.zeros(param.shape[0], dtype=torch.bool)
+        m = torch.zeros(param.shape[0], dtype=torch.bool, device=param.device)
         m[list(block.out_idx) if block.out_idx is not None else slice(None)] = True
         return m.reshape(param.shape) if param.dim() == 1 else m.view(-1, *[1] * (param.dim() - 1)).expand_as(param)
     out_axis, in_axis = (1, 0) if block.transposed else (0, 1)
-    out_m = torch.zeros(param.shape[out_axis], dtype=torch.bool)
-    in_m = torch.zeros(param.shape[in_axis], dtype=torch.bool)
+    out_m = torch.zeros(param.shape[out_axis], dtype=torch.bool, device=param.device)
+    in_m = torch.zeros(param.shape[in_axis], dtype=torch.bool, device=param.device)
     out_m[list(block.out_idx) if block.out_idx is not None else slice(None)] = True
     in_m[list(block.in_idx) if block.in_idx is not None else slice(None)] = True
     m = out_m[:, None] & in_m[None, :]
@@ -87,7 +87,7 @@ class FullMethod(FineTuneMethod):
         masks = selection_masks(task_model, sel)
         freeze_all_but(task_model, set(masks))
         named = dict(task_model.named_parameters())
-        self._masks = {n: m.to(named[n].device) for n, m in masks.items() if m is not None}
+        self._masks = {n: m for n, m in masks.items() if m is not None}
         self._frozen = {n: named[n].detach().clone() for n in self._masks}
         for n, m in self._masks.items():
             named[n].register_hook(lambda g, m=m: g * m.to(g.dtype))

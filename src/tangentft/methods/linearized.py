@@ -80,7 +80,7 @@ class LinearizedModel(nn.Module):
         out = {}
         for n in self.names:
             d = self.theta_bar[_key(n)] - self.theta0[n].detach()
-            out[n] = d * self._masks[n].to(d) if n in self._masks else d
+            out[n] = d * self._masks[n].to(d.dtype) if n in self._masks else d
         return out
 
     def theta(self) -> dict[str, torch.Tensor]:

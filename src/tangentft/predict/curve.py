@@ -75,7 +75,7 @@ def j_theta0(task_model, selection, examples, batch_size: int = 16) -> np.ndarra
     theta0 = {k: named[k].detach() for k in masks}
     if all(float(t.abs().max()) == 0 for t in theta0.values()):
         return np.zeros((len(examples), task_model.num_outputs))
-    delta = {k: t * masks[k].to(t) if masks[k] is not None else t for k, t in theta0.items()}
+    delta = {k: t * masks[k].to(t.dtype) if masks[k] is not None else t for k, t in theta0.items()}
     out = []
     was_training = task_model.training
     task_model.eval()  # dropout off: f is the deterministic function the kernel describes

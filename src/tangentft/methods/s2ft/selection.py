@@ -116,7 +116,8 @@ def pick_units(hf: nn.Module, smap: StructureMap, config: S2FTConfig, calibratio
     structures = sorted({structure_of(r) for r in counts})
     if config.needs_calibration and not calibration:
         raise TangentError(f"S2FT strategy {config.strategy} needs calibration batches (strategies R and W do not)")
-    scores = _scores(hf, smap, config, structures, calibration or [])
+    # scored on the model's device, ranked on the CPU
+    scores = {s: [u.cpu() for u in v] for s, v in _scores(hf, smap, config, structures, calibration or []).items()}
     gen = torch.Generator().manual_seed(int(config.seed))
     out: dict = {"counts": {r: [n] * smap.num_layers for r, n in counts.items()}}
     for s in structures:
@@ -145,7 +146,7 @@ def _scores(hf, smap, config, structures, calibration) -> dict[str, list[torch.T
     if config.strategy in ("W", "S"):
         for s in structures:
             out[s] = [
-                sum(unit_sq_norms(smap, r, role_weight(hf, smap, layer, r)) for r in _trained_roles(smap, config, s)).sqrt().cpu()
+                sum(unit_sq_norms(smap, r, role_weight(hf, smap, layer, r)) for r in _trained_roles(smap, config, s)).sqrt()
                 for layer in range(smap.num_layers)
             ]
     if config.strategy in ("A", "S"):
@@ -184,7 +185,7 @@ def activation_norms(hf, smap: StructureMap, structures, calibration: Calibratio
         for h in hooks:
             h.remove()
     return {
-        s: [acc.reshape(-1, unit_width(smap, col_role[s])).sum(1).sqrt().cpu() for acc in sums[s]] for s in structures
+        s: [acc.reshape(-1, unit_width(smap, col_role[s])).sum(1).sqrt() for acc in sums[s]] for s in structures
     }
 
 
@@ -233,7 +234,7 @@ def gradient_norms(hf, smap: StructureMap, config: S2FTConfig, structures, calib
         for n, p in hf.named_parameters():
             p.requires_grad_(flags[n])
             p.grad = None
-    return {s: [a.sqrt().cpu() for a in acc[s]] for s in structures}
+    return {s: [a.sqrt() for a in acc[s]] for s in structures}
 
 
 class _eval_mode:
